@@ -1,0 +1,7 @@
+"""Entry point for ``python -m cluster``."""
+
+import sys
+
+from cluster.cli import main
+
+sys.exit(main())

@@ -1,0 +1,107 @@
+"""Step 3 of `up`: migrate, register the shards and seed demo data via manage.py.
+
+Each step is a separate `.venv/bin/python manage.py ...` subprocess so this tool never
+imports Django. stdout/stderr go to var/log/manage.log (secrets redacted from the
+command lines written there); seed_demo's stdout is the JSON result we parse.
+"""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from cluster.util import ClusterError, tail
+from core.local_cluster import DB_PASSWORD, DB_USER, HOST, REPO_ROOT, SHARDS
+
+STEP_TIMEOUT = 900
+
+
+def manage_py() -> Path:
+    return REPO_ROOT / "manage.py"
+
+
+def venv_python() -> str:
+    """The project's virtualenv interpreter, falling back to the one running us."""
+    candidate = REPO_ROOT / ".venv" / "bin" / "python"
+    return str(candidate) if candidate.exists() else sys.executable
+
+
+def _manage(
+    args: list[str], log: IO[str], *, capture: bool = False, secrets: tuple[str, ...] = ()
+) -> str:
+    shown = shlex.join(["manage.py", *args])
+    for secret in secrets:
+        shown = shown.replace(secret, "***")
+    print(f"  {shown}", flush=True)
+    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} $ {shown}\n")
+    log.flush()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    try:
+        proc = subprocess.run(
+            [venv_python(), str(manage_py()), *args],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE if capture else log,
+            stderr=log,
+            text=True,
+            timeout=STEP_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ClusterError(f"`{shown}` timed out after {STEP_TIMEOUT}s") from exc
+    log.flush()
+    if proc.returncode != 0:
+        raise ClusterError(
+            f"`{shown}` failed (exit {proc.returncode}). Last lines of {log.name}:\n"
+            f"{tail(Path(log.name))}"
+        )
+    return proc.stdout or ""
+
+
+def _parse_seed_output(stdout: str) -> dict[str, Any]:
+    """seed_demo --json prints one JSON object; tolerate stray lines around it."""
+    candidates = [stdout.strip(), *reversed(stdout.strip().splitlines())]
+    for text in candidates:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(data, dict):
+            return data
+    raise ClusterError(f"manage.py seed_demo --json printed no JSON object:\n{stdout[-2000:]}")
+
+
+def run_django_steps(admin_password: str, log_file: Path) -> dict[str, Any] | None:
+    """Migrate the directory, register + migrate shards, seed demo data.
+
+    Returns seed_demo's JSON, or None when manage.py does not exist yet.
+    """
+    if not manage_py().exists():
+        print(f"  {manage_py().name} not found; skipping migrations and demo data")
+        return None
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a") as log:
+        _manage(["migrate", "--noinput"], log)
+        for alias, (port, dbname) in SHARDS.items():
+            _manage(
+                [
+                    "register_shard",
+                    alias,
+                    *("--host", HOST, "--port", str(port), "--db-name", dbname),
+                    *("--user", DB_USER, "--password", DB_PASSWORD),
+                ],
+                log,
+                secrets=(DB_PASSWORD,),
+            )
+        _manage(["migrate_shards"], log)
+        stdout = _manage(
+            ["seed_demo", "--admin-password", admin_password, "--json"],
+            log,
+            capture=True,
+            secrets=(admin_password,),
+        )
+    return _parse_seed_output(stdout)
