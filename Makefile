@@ -1,0 +1,33 @@
+# Entry points for developers and CI. Everything runs through .venv, which
+# `make bootstrap` creates (and keeps in sync with pyproject.toml).
+PYTHON := .venv/bin/python
+RUFF := .venv/bin/ruff
+PYTEST := .venv/bin/pytest
+PYTEST_ARGS ?=
+
+.PHONY: bootstrap up down status lint format test
+
+bootstrap:
+	bin/bootstrap
+
+up: bootstrap
+	$(PYTHON) -m cluster up
+
+# Without a .venv nothing can have been started from this checkout.
+down:
+	@if [ -x $(PYTHON) ]; then $(PYTHON) -m cluster down; else echo "no .venv: nothing to stop"; fi
+
+status:
+	$(PYTHON) -m cluster status
+
+lint: bootstrap
+	$(RUFF) check .
+	$(RUFF) format --check .
+
+format: bootstrap
+	$(RUFF) check --fix .
+	$(RUFF) format .
+
+# Serially this is: bootstrap (once), up, lint, then the tests.
+test: up lint
+	$(PYTEST) $(PYTEST_ARGS)
