@@ -27,7 +27,7 @@ def manage_py() -> Path:
 def venv_python() -> str:
     """The project's virtualenv interpreter, falling back to the one running us."""
     candidate = REPO_ROOT / ".venv" / "bin" / "python"
-    return str(candidate) if candidate.exists() else sys.executable
+    return str(candidate) if os.path.exists(candidate) else sys.executable
 
 
 def _manage(

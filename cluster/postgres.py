@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cluster.ports import port_in_use
-from cluster.util import ClusterError, pid_alive, run, tail
+from cluster.util import ClusterError, pid_alive, run, tail, wait_for
 from core.local_cluster import DB_PASSWORD, DB_USER, HOST
 
 PG_LIB = Path("/usr/lib/postgresql")
@@ -281,6 +281,13 @@ class PostgresInstance:
                 raise ClusterError(
                     f"{self.name}: already running from {self.data_dir} on port {running_port}, "
                     f"but configured for port {self.port}; run `python -m cluster down` first"
+                )
+            # It may still be starting (e.g. an earlier `up` was interrupted): wait for it.
+            if not wait_for(self.is_ready, timeout=START_TIMEOUT, interval=0.5):
+                raise ClusterError(
+                    f"{self.name}: pid {self.pid()} runs from {self.data_dir} but does not accept "
+                    f"connections on port {self.port}. Last lines of {self.log_file}:\n"
+                    f"{tail(self.log_file)}"
                 )
             return False
         if port_in_use(self.port, self.host):
