@@ -1,0 +1,133 @@
+"""Shard connections registered at run time from the directory's shard registry.
+
+Shards are not in settings.DATABASES: each process reads the registry from the
+directory and adds a connection alias per shard. A process re-reads it when it
+meets an alias it does not know (a device placed on a brand-new shard) and at
+most every SHARD_REGISTRY_TTL seconds when asked for the list of shards, so a
+shard registered while the process runs is used within seconds, without restart.
+"""
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import connections
+
+from routers.aliases import DIRECTORY_ALIAS
+from routers.errors import UnknownShard
+
+# Keys of a connection's settings that say where it points; a change re-registers it.
+_LOCATION_KEYS = ("NAME", "HOST", "PORT", "USER", "PASSWORD", "OPTIONS")
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """What routing needs to know of a registry row."""
+
+    alias: str
+    number: int
+    state: str
+    weight: int
+
+    @property
+    def is_active(self) -> bool:
+        return self.state == "active"
+
+    @property
+    def holds_data(self) -> bool:
+        """Active and draining shards still own devices; retired ones own none."""
+        return self.state != "retired"
+
+
+_lock = threading.Lock()
+_shards: dict[str, ShardInfo] = {}
+_loaded_at: float | None = None
+
+
+def connection_settings_for(shard: Any) -> dict[str, Any]:
+    """Settings for a shard alias: the directory's engine and options, the shard's location."""
+    base = connections.settings[DIRECTORY_ALIAS]
+    config = {key: value for key, value in base.items() if key != "TEST"}
+    config.update(
+        NAME=shard.db_name,
+        HOST=shard.host,
+        PORT=str(shard.port),
+        USER=shard.db_user or settings.SHARD_DEFAULT_USER,
+        PASSWORD=shard.db_password or settings.SHARD_DEFAULT_PASSWORD,
+        OPTIONS={**base.get("OPTIONS", {}), **(shard.options or {})},
+        TEST={"NAME": None, "MIGRATE": True, "MIRROR": None, "DEPENDENCIES": []},
+    )
+    return config
+
+
+def _same_location(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return all(str(a.get(key)) == str(b.get(key)) for key in _LOCATION_KEYS)
+
+
+def register_shard_connection(alias: str, config: dict[str, Any]) -> None:
+    """Add (or re-point) the connection alias for a shard in this process."""
+    current = connections.settings.get(alias)
+    if current is not None and _same_location(current, config):
+        return
+    connections.settings[alias] = config
+    if current is not None and hasattr(connections._connections, alias):
+        # This thread's old connection points at the old location; drop it.
+        getattr(connections._connections, alias).close()
+        delattr(connections._connections, alias)
+
+
+def unregister_shard_connection(alias: str) -> None:
+    """Forget a shard alias in this process (a retired shard, or a test's throw-away one)."""
+    if alias == DIRECTORY_ALIAS:
+        raise ValueError("the directory connection cannot be unregistered")
+    with _lock:
+        _shards.pop(alias, None)
+        if hasattr(connections._connections, alias):
+            getattr(connections._connections, alias).close()
+            delattr(connections._connections, alias)
+        connections.settings.pop(alias, None)
+
+
+def refresh_registry(*, force: bool = False) -> dict[str, ShardInfo]:
+    """Re-read the registry if it is older than SHARD_REGISTRY_TTL (or when forced)."""
+    global _loaded_at
+    now = time.monotonic()
+    if not force and _loaded_at is not None and now - _loaded_at < settings.SHARD_REGISTRY_TTL:
+        return dict(_shards)
+    from core.models import Shard
+
+    rows = list(Shard.objects.using(DIRECTORY_ALIAS).all())
+    with _lock:
+        _shards.clear()
+        for row in rows:
+            _shards[row.alias] = ShardInfo(row.alias, row.number, row.state, row.weight)
+            if row.state != Shard.State.RETIRED:
+                register_shard_connection(row.alias, connection_settings_for(row))
+        _loaded_at = now
+        return dict(_shards)
+
+
+def ensure_shard_connection(alias: str) -> None:
+    """Make sure this process can talk to `alias`, reading the registry once if needed."""
+    if alias in connections.settings and alias in _shards:
+        return
+    shards = refresh_registry(force=True)
+    if alias not in shards or not shards[alias].holds_data:
+        raise UnknownShard(f"shard {alias!r} is not registered (or is retired)")
+
+
+def shard_info(alias: str) -> ShardInfo:
+    ensure_shard_connection(alias)
+    return _shards[alias]
+
+
+def active_shards() -> list[str]:
+    """Shards that take new devices, sorted by alias."""
+    return sorted(alias for alias, info in refresh_registry().items() if info.is_active)
+
+
+def serving_shards() -> list[str]:
+    """Shards that hold data (active or draining): the targets of cross-shard reads."""
+    return sorted(alias for alias, info in refresh_registry().items() if info.holds_data)
