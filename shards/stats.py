@@ -1,0 +1,38 @@
+"""What a shard holds, gathered in parallel for status pages and commands."""
+
+import time
+from typing import Any
+
+from django.db import connections
+
+from routers.fanout import fan_out
+from shards.models import Command, DeviceFence, Reading, Upload
+
+_COUNT_SQL = {
+    "devices": f"SELECT count(*) FROM {DeviceFence._meta.db_table} WHERE state = 'active'",
+    "readings": f"SELECT count(*) FROM {Reading._meta.db_table}",
+    "uploads_staged": f"SELECT count(*) FROM {Upload._meta.db_table} WHERE status = 'staged'",
+    "commands_pending": (
+        f"SELECT count(*) FROM {Command._meta.db_table} WHERE status IN ('queued', 'sent')"
+    ),
+}
+
+
+def shard_stats(alias: str) -> dict[str, Any]:
+    """Row counts, size on disk and round-trip latency of one shard."""
+    started = time.perf_counter()
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT 1")
+        latency_ms = (time.perf_counter() - started) * 1000
+        stats: dict[str, Any] = {"latency_ms": round(latency_ms, 2)}
+        for name, sql in _COUNT_SQL.items():
+            cursor.execute(sql)
+            stats[name] = cursor.fetchone()[0]
+        cursor.execute("SELECT pg_database_size(current_database())")
+        stats["size_bytes"] = cursor.fetchone()[0]
+    return stats
+
+
+def all_shard_stats(aliases: list[str]) -> dict[str, dict[str, Any] | BaseException]:
+    """Stats per shard; a shard that is down yields its exception instead of hiding the rest."""
+    return fan_out(shard_stats, aliases, return_exceptions=True)
