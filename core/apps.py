@@ -1,0 +1,8 @@
+from django.apps import AppConfig
+
+
+class CoreConfig(AppConfig):
+    """The directory: users, devices, credentials, placement, shard registry."""
+
+    name = "core"
+    verbose_name = "Directory"

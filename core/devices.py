@@ -1,0 +1,52 @@
+"""Creating devices: a directory row, a placement, a fence on the shard and a token."""
+
+from dataclasses import dataclass
+
+from django.db import transaction
+
+from core.credentials import issue_token
+from core.models import Device, DeviceAccess, Placement, Shard, User
+from routers.aliases import DIRECTORY_ALIAS
+from routers.errors import UnknownShard
+from routers.placement import choose_shard_for_new_device, remember_placement
+from routers.registry import ensure_shard_connection
+from shards.fence import open_fence
+
+
+@dataclass(frozen=True)
+class NewDevice:
+    device: Device
+    shard: str
+    token: str
+
+
+def create_device(
+    serial: str,
+    *,
+    name: str = "",
+    users: list[User] | None = None,
+    shard: str | None = None,
+    pin: bool = False,
+) -> NewDevice:
+    """Register a device on the least-loaded active shard (or on `shard`, optionally pinned).
+
+    The shard's fence row is written inside the directory transaction, so a
+    shard that cannot be reached leaves no half-made device in the directory.
+    """
+    alias = shard or choose_shard_for_new_device()
+    # The directory's current word, not this process's cached registry: a shard
+    # drained a second ago must not take new devices.
+    state = Shard.objects.filter(alias=alias).values_list("state", flat=True).first()
+    if state is None:
+        raise UnknownShard(f"shard {alias!r} is not registered")
+    if state != Shard.State.ACTIVE:
+        raise UnknownShard(f"shard {alias!r} is {state}; new devices go to active shards only")
+    ensure_shard_connection(alias)
+    with transaction.atomic(using=DIRECTORY_ALIAS):
+        device = Device.objects.create(serial=serial, name=name)
+        Placement.objects.create(device=device, shard_id=alias, pinned=pin)
+        DeviceAccess.objects.bulk_create(DeviceAccess(device=device, user=u) for u in users or [])
+        token = issue_token(device)
+        open_fence(device.pk, alias)
+    remember_placement(device.pk, alias)
+    return NewDevice(device=device, shard=alias, token=token)

@@ -1,0 +1,148 @@
+"""Django settings for the fleet cluster.
+
+Every value comes from an environment variable; the defaults point at the
+local cluster that `make up` starts (see core/local_cluster.py), so nothing
+secret is committed and a fresh checkout runs without configuration.
+
+Only the directory database is configured here. Shard connections are not
+settings: they are read from the shard registry at run time (routers/).
+"""
+
+import os
+
+import dj_database_url
+
+from core import local_cluster
+
+
+def env_bool(name: str, default: bool) -> bool:
+    return os.environ.get(name, str(default)).strip().lower() in {"1", "true", "yes", "on"}
+
+
+BASE_DIR = local_cluster.REPO_ROOT
+
+DEBUG = env_bool("DJANGO_DEBUG", True)
+# The fallback key only serves the local cluster; production must set its own.
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "local-cluster-only-not-a-secret")
+if not DEBUG and SECRET_KEY.startswith("local-cluster-only"):
+    raise RuntimeError("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off")
+
+ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "core",
+    "routers",
+    "shards",
+    "central_admin",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "core.urls"
+WSGI_APPLICATION = "core.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# The directory: users, devices, credentials, placement and the shard registry.
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DIRECTORY_DATABASE_URL", local_cluster.directory_url()),
+        conn_max_age=int(os.environ.get("DB_CONN_MAX_AGE", "60")),
+        conn_health_checks=True,
+    ),
+}
+DATABASE_ROUTERS = ["routers.db_router.ShardRouter"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Apps whose models live on shards; every other app lives on the directory.
+SHARD_APPS = {"shards"}
+# Shards inherit the directory's user and password unless the registry names others.
+SHARD_DEFAULT_USER = os.environ.get("SHARD_DEFAULT_USER", DATABASES["default"].get("USER", ""))
+SHARD_DEFAULT_PASSWORD = os.environ.get(
+    "SHARD_DEFAULT_PASSWORD", DATABASES["default"].get("PASSWORD", "")
+)
+# How long a process trusts its copy of the shard registry before re-reading it.
+SHARD_REGISTRY_TTL = float(os.environ.get("SHARD_REGISTRY_TTL", "5"))
+# In-process placement cache lifetime; a stale entry is caught by the shard's fence.
+PLACEMENT_LOCAL_TTL = float(os.environ.get("PLACEMENT_LOCAL_TTL", "30"))
+PLACEMENT_REDIS_TTL = int(os.environ.get("PLACEMENT_REDIS_TTL", "3600"))
+# Threads used to query shards in parallel for cross-shard reads.
+FANOUT_MAX_WORKERS = int(os.environ.get("FANOUT_MAX_WORKERS", "8"))
+
+AUTH_USER_MODEL = "core.User"
+
+REDIS_URL = os.environ.get("REDIS_URL", local_cluster.redis_url(0))
+CACHES = {
+    # Shared across every node: placement and credentials, invalidated explicitly.
+    "default": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "fleet",
+        "OPTIONS": {
+            "SOCKET_CONNECT_TIMEOUT": 0.5,
+            "SOCKET_TIMEOUT": 0.5,
+        },
+    },
+    # Per process: spares even the Redis round trip on the hot path.
+    "local": {
+        "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+        "LOCATION": "fleet-local",
+        "OPTIONS": {"MAX_ENTRIES": 100_000},
+    },
+}
+# Redis being down must not take requests down: the cache then misses and logs.
+DJANGO_REDIS_IGNORE_EXCEPTIONS = True
+DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
+
+# A keyed hash for device tokens: fast enough for every request, useless if leaked.
+DEVICE_TOKEN_KEY = os.environ.get("DEVICE_TOKEN_KEY", SECRET_KEY)
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = local_cluster.VAR_DIR / "static"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+}
