@@ -1,0 +1,72 @@
+"""Fixtures for tests against the real local PostgreSQL cluster (directory + two shards).
+
+Django's test databases are created once per session for the directory and
+the two shard instances (`test_` databases beside the local cluster's own).
+Tests do not run inside Django's TestCase wrappers: those refuse connections
+to any alias registered after the test began, which is exactly what run-time
+shard registration does. Instead, `shards` registers the test shards in the
+directory (as `manage.py register_shard` does), empties the caches, and after
+the test truncates every table, so data is committed and visible to worker
+threads and other processes, as in production.
+"""
+
+import pytest
+from django.core.cache import caches
+from django.core.management.color import no_style
+from django.db import connections
+
+from core import local_cluster
+from routers.registry import refresh_registry
+from shards.registration import ShardLocation, register_shard
+
+TEST_SHARDS = sorted(local_cluster.SHARDS)
+# Written by migrations, not by tests: truncating them would only force re-creation.
+STATIC_TABLES = {"django_migrations", "django_content_type", "auth_permission"}
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_test_environment, django_db_blocker):
+    from django.test.utils import setup_databases, teardown_databases
+
+    aliases = {"default", *TEST_SHARDS}
+    with django_db_blocker.unblock():
+        config = setup_databases(
+            verbosity=0, interactive=False, aliases=aliases, serialized_aliases=set()
+        )
+    yield
+    with django_db_blocker.unblock():
+        connections.close_all()
+        teardown_databases(config, verbosity=0)
+
+
+def location_of(alias: str) -> ShardLocation:
+    config = connections.settings[alias]
+    return ShardLocation(host=config["HOST"], port=int(config["PORT"]), db_name=config["NAME"])
+
+
+def truncate_all(aliases: list[str]) -> None:
+    for alias in aliases:
+        connection = connections[alias]
+        tables = [
+            table
+            for table in connection.introspection.django_table_names(only_existing=True)
+            if table not in STATIC_TABLES
+        ]
+        connection.ops.execute_sql_flush(
+            connection.ops.sql_flush(no_style(), tables, allow_cascade=True)
+        )
+
+
+@pytest.fixture
+def shards(django_db_setup, django_db_blocker) -> list[str]:
+    """The test shards, registered and stamped; caches empty; all tables emptied afterwards."""
+    with django_db_blocker.unblock():
+        for alias in TEST_SHARDS:
+            register_shard(alias, location_of(alias), migrate=False)
+        refresh_registry(force=True)
+        caches["default"].clear()
+        caches["local"].clear()
+        try:
+            yield TEST_SHARDS
+        finally:
+            truncate_all(["default", *TEST_SHARDS])

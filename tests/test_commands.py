@@ -1,0 +1,139 @@
+"""The management commands, driven as an operator would, including their refusals."""
+
+import json
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.utils import timezone
+
+from core.credentials import device_id_for_token
+from core.models import Device, DeviceCredential, Placement, Shard, User
+from shards.models import Reading
+from tests.factories import make_device, reading_times
+
+
+def run(*args: str) -> str:
+    out = StringIO()
+    call_command(*args, stdout=out)
+    return out.getvalue()
+
+
+def test_create_device_prints_a_working_token_once(shards):
+    User.objects.create_user("alice")
+    result = json.loads(run("create_device", "SN-1", "--user", "alice", "--json"))
+    device = Device.objects.get(serial="SN-1")
+    assert result["device_id"] == device.pk
+    assert device_id_for_token(result["token"]) == device.pk
+    assert list(device.users.values_list("username", flat=True)) == ["alice"]
+    # Only a digest is stored: the secret appears nowhere in the directory.
+    secret = result["token"].split(".", 1)[1]
+    assert not DeviceCredential.objects.filter(digest__contains=secret).exists()
+    assert secret not in DeviceCredential.objects.get(device=device).digest
+
+    human = run("create_device", "SN-2", "--shard", "shard_2", "--pin")
+    assert "placed on shard_2" in human and "cannot be shown again" in human
+    assert Placement.objects.get(device__serial="SN-2").pinned
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["SN-1"], "already exists"),
+        (["SN-9", "--user", "nobody"], "no such user"),
+        (["SN-9", "--pin"], "--pin needs --shard"),
+        (["SN-9", "--shard", "shard_77"], "not registered"),
+        (["  "], "must not be empty"),
+    ],
+)
+def test_create_device_refusals_say_what_is_wrong(shards, args, message):
+    run("create_device", "SN-1")
+    before = Device.objects.count()
+    with pytest.raises(CommandError, match=message):
+        run("create_device", *args)
+    assert Device.objects.count() == before
+
+
+def test_tokens_fail_when_wrong_revoked_or_expired(shards):
+    new = make_device()
+    credential_id, secret = new.token.split(".", 1)
+    assert device_id_for_token(new.token) == new.device.pk
+    for bad in ["", "garbage", f"{credential_id}.wrong", f"999999.{secret}", f"x.{secret}"]:
+        assert device_id_for_token(bad) is None, bad
+    DeviceCredential.objects.filter(pk=credential_id).update(expires_at=timezone.now())
+    assert device_id_for_token(new.token) is None
+    DeviceCredential.objects.filter(pk=credential_id).update(
+        expires_at=None, revoked_at=timezone.now()
+    )
+    assert device_id_for_token(new.token) is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["Bad-Alias", "--host", "127.0.0.1", "--db-name", "x"], "lower-case"),
+        (["shard_9", "--host", "127.0.0.1", "--port", "1", "--db-name", "x"], "cannot connect"),
+    ],
+)
+def test_register_shard_refusals(shards, args, message):
+    with pytest.raises(CommandError, match=message):
+        run("register_shard", *args)
+    assert set(Shard.objects.values_list("alias", flat=True)) == set(shards)
+
+
+def test_register_shard_refuses_a_database_registered_under_another_alias(shards):
+    existing = Shard.objects.get(alias="shard_1")
+    with pytest.raises(CommandError, match="already registered as shard_1"):
+        run(
+            "register_shard", "shard_copy", "--host", existing.host,
+            "--port", str(existing.port), "--db-name", existing.db_name,
+        )  # fmt: skip
+
+
+def test_register_shard_again_updates_the_weight_and_keeps_the_number(shards):
+    before = Shard.objects.get(alias="shard_2")
+    out = run(
+        "register_shard", "shard_2", "--host", before.host, "--port", str(before.port),
+        "--db-name", before.db_name, "--weight", "250", "--no-migrate",
+    )  # fmt: skip
+    after = Shard.objects.get(alias="shard_2")
+    assert (after.number, after.weight) == (before.number, 250)
+    assert "weight 250" in out
+
+
+def test_cluster_status_reports_devices_and_readings_per_shard(shards):
+    device = make_device(shard="shard_1").device
+    make_device(shard="shard_2")
+    make_device(shard="shard_2")
+    Reading.objects.for_device(device).bulk_create(
+        Reading(device_id=device.pk, metric="v", ts=ts, value=2.0) for ts in reading_times(4)
+    )
+    report = {s["alias"]: s for s in json.loads(run("cluster_status", "--json"))["shards"]}
+    assert report["shard_1"]["devices"] == 1 and report["shard_1"]["readings"] == 4
+    assert report["shard_2"]["devices"] == 2 and report["shard_2"]["readings"] == 0
+    assert all(s["reachable"] and s["state"] == "active" for s in report.values())
+
+    table = run("cluster_status")
+    assert table.splitlines()[0].split()[:4] == ["alias", "state", "weight", "devices"]
+
+
+def test_migrate_shards_migrates_every_shard(shards):
+    out = run("migrate_shards")
+    assert "shard_1:" in out and "shard_2:" in out and "migrated 2 shard(s)" in out
+    with pytest.raises(CommandError, match="shard_77"):
+        run("migrate_shards", "--shard", "shard_77")
+
+
+def test_seed_demo_is_idempotent_and_spreads_devices(shards):
+    first = json.loads(run("seed_demo", "--json", "--admin-password", "pw-1"))
+    second = json.loads(run("seed_demo", "--json", "--admin-password", "pw-1"))
+    assert len(first["devices"]) == len(second["devices"]) == 6
+    assert all(d["token"] for d in first["devices"])
+    assert not any(d["token"] for d in second["devices"])
+    assert {d["shard"] for d in first["devices"]} == set(shards)
+    assert Device.objects.count() == 6
+    admin = User.objects.get(username="admin")
+    assert admin.is_superuser and admin.check_password("pw-1")
+    demo = User.objects.get(username="demo")
+    assert demo.devices.count() == 6 and not demo.is_staff

@@ -1,0 +1,43 @@
+"""A stale placement cache is harmless: the old shard's fence turns the write away."""
+
+import pytest
+
+from core.models import Placement
+from routers.placement import shard_for_device
+from shards.fence import DeviceMoved, open_fence, write_for_device
+from shards.models import Command, DeviceFence
+from tests.factories import make_device
+
+
+def move_behind_the_caches_back(device, source: str, target: str) -> None:
+    """What a finished move leaves behind, without touching any cache."""
+    open_fence(device.pk, target, epoch=2)
+    DeviceFence.objects.on_shard(source).filter(device_id=device.pk).update(state="moved")
+    Placement.objects.filter(device=device).update(shard_id=target, epoch=2)
+
+
+def test_write_with_stale_cache_lands_on_the_new_shard(shards):
+    device = make_device(shard="shard_1").device
+    assert shard_for_device(device) == "shard_1"  # cached everywhere now
+    move_behind_the_caches_back(device, "shard_1", "shard_2")
+
+    landed = write_for_device(
+        device,
+        lambda alias: (
+            Command.objects.on_shard(alias).create(device_id=device.pk, name="after-move")._state.db
+        ),
+    )
+
+    assert landed == "shard_2"
+    assert shard_for_device(device) == "shard_2"
+    assert Command.objects.on_shard("shard_1").filter(device_id=device.pk).count() == 0
+    assert Command.objects.on_shard("shard_2").filter(device_id=device.pk).count() == 1
+
+
+def test_write_is_refused_when_no_shard_owns_the_device(shards):
+    device = make_device(shard="shard_1").device
+    DeviceFence.objects.on_shard("shard_1").filter(device_id=device.pk).update(state="fenced")
+    calls = []
+    with pytest.raises(DeviceMoved, match="fenced"):
+        write_for_device(device, calls.append)
+    assert calls == []
