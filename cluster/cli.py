@@ -96,16 +96,20 @@ def up() -> int:
     data["shards"] = {alias: _endpoint(port, dbname) for alias, (port, dbname) in lc.SHARDS.items()}
     data["redis"] = redis.url()
     data.setdefault("admin_user", None)
-    if not data.get("admin_password"):
-        data["admin_password"] = secrets.token_urlsafe(12)
+    for key in ("admin_password", "web_password"):
+        if not data.get(key):
+            data[key] = secrets.token_urlsafe(12)
     data.setdefault("demo_devices", [])
     # Saved before the Django steps, so a failed seed_demo cannot lose the password.
     state.save(state_file(), data)
 
     print("django:", flush=True)
-    seed = run_django_steps(data["admin_password"], var_dir() / "log" / "manage.log")
+    seed = run_django_steps(
+        data["admin_password"], data["web_password"], var_dir() / "log" / "manage.log"
+    )
     if seed is not None:
         data["admin_user"] = seed.get("admin_user", data["admin_user"])
+        data["web_user"] = seed.get("web_user")
         data["demo_devices"] = state.merge_devices(
             data.get("demo_devices") or [], seed.get("devices") or []
         )
@@ -131,6 +135,7 @@ def _print_summary(data: dict[str, Any]) -> None:
     print(f"  state      {shown(state_file())}")
     if data.get("admin_user"):
         print(f"  admin      {data['admin_user']} / {data['admin_password']}")
+        print(f"  web user   {data.get('web_user')} / {data['web_password']}")
         print(f"  devices    {len(data.get('demo_devices') or [])} demo devices (tokens in state)")
     else:
         print("  admin      not seeded yet (manage.py seed_demo has not run)")

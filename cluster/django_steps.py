@@ -75,7 +75,9 @@ def _parse_seed_output(stdout: str) -> dict[str, Any]:
     raise ClusterError(f"manage.py seed_demo --json printed no JSON object:\n{stdout[-2000:]}")
 
 
-def run_django_steps(admin_password: str, log_file: Path) -> dict[str, Any] | None:
+def run_django_steps(
+    admin_password: str, web_password: str, log_file: Path
+) -> dict[str, Any] | None:
     """Migrate the directory, register + migrate shards, seed demo data.
 
     Returns seed_demo's JSON, or None when manage.py does not exist yet.
@@ -99,9 +101,13 @@ def run_django_steps(admin_password: str, log_file: Path) -> dict[str, Any] | No
             )
         _manage(["migrate_shards"], log)
         stdout = _manage(
-            ["seed_demo", "--admin-password", admin_password, "--json"],
+            [
+                "seed_demo",
+                *("--admin-password", admin_password, "--user-password", web_password),
+                "--json",
+            ],
             log,
             capture=True,
-            secrets=(admin_password,),
+            secrets=(admin_password, web_password),
         )
     return _parse_seed_output(stdout)
