@@ -111,16 +111,12 @@ def refresh_registry(*, force: bool = False) -> dict[str, ShardInfo]:
 
 def ensure_shard_connection(alias: str) -> None:
     """Make sure this process can talk to `alias`, reading the registry once if needed."""
-    if alias in connections.settings and alias in _shards:
+    known = _shards.get(alias)
+    if known is not None and known.holds_data and alias in connections.settings:
         return
     shards = refresh_registry(force=True)
     if alias not in shards or not shards[alias].holds_data:
         raise UnknownShard(f"shard {alias!r} is not registered (or is retired)")
-
-
-def shard_info(alias: str) -> ShardInfo:
-    ensure_shard_connection(alias)
-    return _shards[alias]
 
 
 def active_shards() -> list[str]:

@@ -81,3 +81,26 @@ def test_no_active_shard_is_a_clear_error(shards):
     Shard.objects.update(state=Shard.State.DRAINING)
     with pytest.raises(UnknownShard, match="no active shard"):
         choose_shard_for_new_device()
+
+
+def test_retired_shard_is_refused_even_when_its_connection_is_known(shards):
+    from routers.registry import ensure_shard_connection, refresh_registry
+
+    ensure_shard_connection("shard_1")
+    Shard.objects.filter(alias="shard_1").update(state=Shard.State.RETIRED)
+    refresh_registry(force=True)
+    with pytest.raises(UnknownShard, match="retired"):
+        ensure_shard_connection("shard_1")
+
+
+def test_placement_survives_redis_being_down(shards, settings):
+    device = make_device(shard="shard_2").device
+    caches["local"].clear()
+    settings.CACHES = {
+        **settings.CACHES,
+        "default": {**settings.CACHES["default"], "LOCATION": "redis://127.0.0.1:1/0"},
+    }
+    with queries_by_alias() as log:
+        assert shard_for_device(device) == "shard_2"  # Redis refuses: the directory answers
+        assert shard_for_device(device) == "shard_2"  # then the process's own cache does
+    assert log.count("default") == 1
