@@ -124,6 +124,19 @@ DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
 # A keyed hash for device tokens: fast enough for every request, useless if leaked.
 DEVICE_TOKEN_KEY = os.environ.get("DEVICE_TOKEN_KEY", SECRET_KEY)
 
+# Celery: Redis broker. A task is acknowledged only after it ran, and a worker
+# that dies mid-task hands it back, so imports are at-least-once and idempotent.
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", local_cluster.redis_url(2))
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = "fleet"
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Staged uploads older than this are queued again by the sweeper (the broker lost them).
+UPLOAD_SWEEP_AFTER_SECONDS = int(os.environ.get("UPLOAD_SWEEP_AFTER_SECONDS", "60"))
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

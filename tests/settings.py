@@ -22,3 +22,4 @@ for _alias, (_port, _db_name) in local_cluster.SHARDS.items():
 CACHES["default"]["LOCATION"] = local_cluster.redis_url(1)
 CACHES["default"]["KEY_PREFIX"] = "fleet-test"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+CELERY_BROKER_URL = local_cluster.redis_url(3)
