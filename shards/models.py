@@ -149,3 +149,19 @@ class Command(models.Model):
 
     def __str__(self) -> str:
         return f"command {self.pk} {self.name} ({self.status})"
+
+
+class DeviceStatus(models.Model):
+    """When a device's data last arrived, kept per device so dashboards need not scan uploads."""
+
+    device_id = models.BigIntegerField(primary_key=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    last_upload_id = models.BigIntegerField(
+        null=True, blank=True, help_text="The upload imported last (no foreign key: ids move)."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ShardManager()
+
+    def __str__(self) -> str:
+        return f"device {self.device_id}: last seen {self.last_seen_at}"

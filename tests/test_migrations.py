@@ -26,6 +26,7 @@ def test_shards_have_shard_tables_only(shards, alias):
         "shards_reading",
         "shards_latestvalue",
         "shards_command",
+        "shards_devicestatus",
     }
     assert names == expected | {"django_migrations"}
 
