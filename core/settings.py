@@ -136,6 +136,14 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Staged uploads older than this are queued again by the sweeper (the broker lost them).
 UPLOAD_SWEEP_AFTER_SECONDS = int(os.environ.get("UPLOAD_SWEEP_AFTER_SECONDS", "60"))
+# celery beat: queue lost imports again; a sweep not started within its period is dropped.
+CELERY_BEAT_SCHEDULE = {
+    "sweep-staged-uploads": {
+        "task": "shards.tasks.sweep_staged_uploads",
+        "schedule": 30.0,
+        "options": {"expires": 30},
+    },
+}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

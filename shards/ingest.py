@@ -1,0 +1,255 @@
+"""Ingest: stage a device's batch durably, then import it into readings in the background.
+
+Staging is what the device waits for, so it is one INSERT on the device's shard
+and nothing else; the import (readings, latest values, device status) runs in a
+Celery task queued only after the staging transaction commits. The import is
+idempotent and at-least-once: a duplicate task finds the upload already
+imported, a re-delivered one after a crash finds it still staged, and readings
+are unique per (device, metric, ts). Staged uploads whose task was lost (broker
+down, worker killed) are queued again by the sweeper.
+"""
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.db import DataError, IntegrityError, connections, transaction
+from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerError
+from redis.exceptions import RedisError
+
+from routers.errors import UnknownDevice
+from shards.fence import write_for_device
+from shards.models import DeviceStatus, LatestValue, Reading, Upload
+
+logger = logging.getLogger(__name__)
+
+UPLOAD_TABLE = Upload._meta.db_table
+READING_TABLE = Reading._meta.db_table
+LATEST_TABLE = LatestValue._meta.db_table
+STATUS_TABLE = DeviceStatus._meta.db_table
+
+# Most uploads one sweep queues again per shard: a long backlog is worked off in
+# later sweeps instead of flooding the broker with duplicates all at once.
+SWEEP_LIMIT = 1000
+
+# A broker outage must cost the device request a fraction of a second, not seconds:
+# the upload is already durable and the sweeper queues it later.
+PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.1}
+
+# The payload's rows as SQL sees them. Import runs entirely inside the shard, so a
+# batch is never shipped to Python and back; a payload PostgreSQL cannot cast is
+# reported as a DataError/IntegrityError and marks the upload failed.
+PAYLOAD_ROWS = """
+    ROWS FROM (
+        jsonb_to_recordset(u.payload) AS (ts timestamptz, metric varchar(64), value float8)
+    ) WITH ORDINALITY AS r(ts, metric, value, position)
+"""
+
+INSERT_READINGS = f"""
+    INSERT INTO {READING_TABLE} (device_id, metric, ts, value)
+    SELECT u.device_id, r.metric, r.ts, r.value
+    FROM {UPLOAD_TABLE} u, {PAYLOAD_ROWS}
+    WHERE u.id = %(upload_id)s
+    ORDER BY r.metric, r.ts, r.position
+    ON CONFLICT (device_id, metric, ts) DO NOTHING
+"""
+# ORDER BY: imports of one device take index locks in the same order, so overlapping
+# batches imported at once wait for each other instead of deadlocking; within a batch
+# the first of two readings with the same (metric, ts) wins, as in INSERT_READINGS.
+
+UPSERT_LATEST = f"""
+    INSERT INTO {LATEST_TABLE} (device_id, metric, ts, value, updated_at)
+    SELECT DISTINCT ON (r.metric) u.device_id, r.metric, r.ts, r.value, now()
+    FROM {UPLOAD_TABLE} u, {PAYLOAD_ROWS}
+    WHERE u.id = %(upload_id)s
+    ORDER BY r.metric, r.ts DESC, r.position
+    ON CONFLICT (device_id, metric) DO UPDATE
+        SET ts = excluded.ts, value = excluded.value, updated_at = excluded.updated_at
+        WHERE excluded.ts > {LATEST_TABLE}.ts
+"""
+
+UPSERT_STATUS = f"""
+    INSERT INTO {STATUS_TABLE} (device_id, last_seen_at, last_upload_id, updated_at)
+    VALUES (%(device_id)s, now(), %(upload_id)s, now())
+    ON CONFLICT (device_id) DO UPDATE
+        SET last_seen_at = greatest({STATUS_TABLE}.last_seen_at, excluded.last_seen_at),
+            last_upload_id = excluded.last_upload_id,
+            updated_at = excluded.updated_at
+"""
+
+
+@dataclass(frozen=True)
+class StagedUpload:
+    """The stored upload; `created` is False when the batch id had been staged before."""
+
+    upload: Upload
+    created: bool
+    alias: str
+
+
+def _utc_iso(ts: datetime) -> str:
+    if ts.tzinfo is None or ts.utcoffset() is None:
+        raise ValueError(f"reading time {ts!r} has no time zone")
+    return ts.astimezone(UTC).isoformat()
+
+
+def payload_of(readings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Readings as stored in Upload.payload: ISO-8601 UTC times, plain floats."""
+    return [
+        {"ts": _utc_iso(r["ts"]), "metric": r["metric"], "value": float(r["value"])}
+        for r in readings
+    ]
+
+
+def queue_import(device_id: int, upload_id: int) -> bool:
+    """Queue the import task; a broker outage is logged, not raised (the sweeper retries)."""
+    from shards.tasks import import_upload
+
+    try:
+        import_upload.apply_async((device_id, upload_id), retry_policy=PUBLISH_RETRY_POLICY)
+    except (BrokerError, RedisError, OSError) as exc:
+        logger.warning(
+            "could not queue import of upload %s (device %s); the sweeper will: %s",
+            upload_id,
+            device_id,
+            exc,
+        )
+        return False
+    return True
+
+
+def stage_upload(device_id: int, batch_id: str, readings: list[dict[str, Any]]) -> StagedUpload:
+    """Store a validated batch once per (device, batch id) and queue its import on commit.
+
+    A retried batch id returns the original upload and writes nothing, also when
+    two copies arrive at once: ON CONFLICT DO NOTHING makes the second wait for
+    the first and then find its row.
+    """
+    payload = payload_of(readings)
+    # allow_nan=False: JSON has no NaN/Infinity, PostgreSQL would refuse the jsonb anyway.
+    payload_json = json.dumps(payload, allow_nan=False)
+
+    def write(alias: str) -> StagedUpload:
+        with connections[alias].cursor() as cursor:
+            cursor.execute(
+                f"""
+                INSERT INTO {UPLOAD_TABLE}
+                    (device_id, batch_id, status, payload, reading_count, error, received_at)
+                VALUES (%s, %s, %s, %s::jsonb, %s, '', now())
+                ON CONFLICT (device_id, batch_id) DO NOTHING
+                RETURNING id, received_at
+                """,
+                [device_id, batch_id, Upload.Status.STAGED, payload_json, len(payload)],
+            )
+            inserted = cursor.fetchone()
+        if inserted is None:
+            original = Upload.objects.on_shard(alias).get(device_id=device_id, batch_id=batch_id)
+            return StagedUpload(upload=original, created=False, alias=alias)
+        upload_id, received_at = inserted
+        upload = Upload(
+            id=upload_id,
+            device_id=device_id,
+            batch_id=batch_id,
+            status=Upload.Status.STAGED,
+            payload=payload,
+            reading_count=len(payload),
+            error="",
+            received_at=received_at,
+        )
+        upload._state.adding = False
+        upload._state.db = alias
+        # robust: nothing after the commit may turn a stored upload into an error reply.
+        transaction.on_commit(lambda: queue_import(device_id, upload_id), using=alias, robust=True)
+        return StagedUpload(upload=upload, created=True, alias=alias)
+
+    return write_for_device(device_id, write)
+
+
+def _shape_problem(kind: str, length: int | None, reading_count: int) -> str | None:
+    """A payload that is not the list it claims to be; bad values are left to SQL casts."""
+    if kind != "array":
+        return f"payload is a JSON {kind}, not a list of readings"
+    if length != reading_count:
+        return f"payload holds {length} readings but reading_count says {reading_count}"
+    return None
+
+
+def _import_on_shard(alias: str, device_id: int, upload_id: int) -> str:
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT status, reading_count, jsonb_typeof(payload),
+                   CASE WHEN jsonb_typeof(payload) = 'array' THEN jsonb_array_length(payload) END
+            FROM {UPLOAD_TABLE} WHERE id = %s AND device_id = %s
+            FOR UPDATE
+            """,
+            [upload_id, device_id],
+        )
+        row = cursor.fetchone()
+        if row is None:
+            logger.warning("upload %s of device %s not found on %s", upload_id, device_id, alias)
+            return "missing"
+        status, reading_count, kind, length = row
+        if status != Upload.Status.STAGED:
+            return status  # imported (or failed) before: a duplicate task changes nothing
+        problem = _shape_problem(kind, length, reading_count)
+        if problem is None:
+            try:
+                with transaction.atomic(using=alias):  # a savepoint: a bad cast undoes only this
+                    params = {"upload_id": upload_id, "device_id": device_id}
+                    cursor.execute(INSERT_READINGS, params)
+                    cursor.execute(UPSERT_LATEST, params)
+                    cursor.execute(UPSERT_STATUS, params)
+            except (DataError, IntegrityError) as exc:
+                problem = str(exc).strip().splitlines()[0]
+        if problem is not None:
+            logger.warning("upload %s of device %s failed: %s", upload_id, device_id, problem)
+            cursor.execute(
+                f"UPDATE {UPLOAD_TABLE} SET status = %s, error = %s WHERE id = %s",
+                [Upload.Status.FAILED, f"payload cannot be imported: {problem}", upload_id],
+            )
+            return Upload.Status.FAILED
+        cursor.execute(
+            f"UPDATE {UPLOAD_TABLE} SET status = %s, error = '', imported_at = now() WHERE id = %s",
+            [Upload.Status.IMPORTED, upload_id],
+        )
+        return Upload.Status.IMPORTED
+
+
+def import_upload_now(device_id: int, upload_id: int) -> str:
+    """Import one staged upload (the task body); returns the upload's final status.
+
+    The shard is resolved now, not when the task was queued, so an upload whose
+    device moved meanwhile is imported where it lives. A corrupt payload marks
+    the upload failed; only infrastructure errors (and moves) raise, for a retry.
+    """
+    try:
+        return write_for_device(
+            device_id, lambda alias: _import_on_shard(alias, device_id, upload_id)
+        )
+    except UnknownDevice:
+        logger.warning("upload %s: device %s is no longer in the directory", upload_id, device_id)
+        return "missing"
+
+
+def sweep_staged_uploads(alias: str, older_than_seconds: int) -> int:
+    """Queue again the staged uploads of one shard older than the threshold; how many.
+
+    Their task was lost (broker down at staging, worker killed mid-import). A
+    duplicate task is harmless: it finds the upload imported and returns.
+    """
+    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
+    # status + received_at: served by the partial index upload_staged_idx.
+    stale = (
+        Upload.objects.on_shard(alias)
+        .filter(status=Upload.Status.STAGED, received_at__lte=cutoff)
+        .order_by("received_at")
+        .values_list("device_id", "id")[:SWEEP_LIMIT]
+    )
+    queued = sum(queue_import(device_id, upload_id) for device_id, upload_id in stale)
+    if queued:
+        logger.info("sweeper queued %s staged upload(s) on %s again", queued, alias)
+    return queued

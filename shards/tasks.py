@@ -1,0 +1,49 @@
+"""Celery tasks for ingest: import one staged upload; sweep every shard for lost ones.
+
+Both are safe to run more than once: the import is idempotent and at-least-once
+(acks_late, re-delivered when a worker dies), and the sweep only queues imports.
+"""
+
+import logging
+
+from celery import shared_task
+from django.conf import settings
+from django.db import InterfaceError, OperationalError
+
+from routers.fanout import fan_out
+from shards import ingest
+from shards.fence import DeviceMoved
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(
+    acks_late=True,
+    reject_on_worker_lost=True,
+    # A shard or connection that is down, or a device that moved mid-import: try again later.
+    autoretry_for=(OperationalError, InterfaceError, DeviceMoved),
+    retry_backoff=True,
+    retry_backoff_max=60,
+    retry_jitter=True,
+    # Up to about 15 minutes of retries; past that the sweeper queues the upload again.
+    max_retries=20,
+)
+def import_upload(device_id: int, upload_id: int) -> str:
+    """Import a staged upload on whichever shard owns its device when the task runs."""
+    return ingest.import_upload_now(device_id, upload_id)
+
+
+@shared_task(ignore_result=True)
+def sweep_staged_uploads() -> dict[str, int]:
+    """Queue again staged uploads whose import task was lost, on every shard in parallel."""
+    older_than = settings.UPLOAD_SWEEP_AFTER_SECONDS
+    results = fan_out(
+        lambda alias: ingest.sweep_staged_uploads(alias, older_than), return_exceptions=True
+    )
+    queued: dict[str, int] = {}
+    for alias, result in results.items():
+        if isinstance(result, BaseException):
+            logger.warning("sweeping staged uploads on %s failed: %r", alias, result)
+        else:
+            queued[alias] = result
+    return queued
