@@ -75,6 +75,11 @@ class Device(models.Model):
         help_text="Web users who may see this device and command it.",
     )
     is_active = models.BooleanField(default=True)
+    reenroll_allowed = models.BooleanField(
+        default=False,
+        help_text="Released by an admin: the next enrolment with this serial gets a new"
+        " token and revokes the old ones. Cleared by that enrolment.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -129,3 +134,15 @@ class Placement(models.Model):
 
     def __str__(self) -> str:
         return f"device {self.device_id} on {self.shard_id}"
+
+
+class ProvisioningKey(models.Model):
+    """A fleet key that lets devices enrol themselves; stored only as a digest."""
+
+    name = models.CharField(max_length=100, unique=True)
+    digest = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return self.name

@@ -9,6 +9,7 @@ settings: they are read from the shard registry at run time (routers/).
 """
 
 import os
+from datetime import timedelta
 
 import dj_database_url
 
@@ -40,6 +41,8 @@ INSTALLED_APPS = [
     "routers",
     "shards",
     "central_admin",
+    "api",
+    "ninja",
 ]
 
 MIDDLEWARE = [
@@ -123,6 +126,11 @@ DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
 
 # A keyed hash for device tokens: fast enough for every request, useless if leaked.
 DEVICE_TOKEN_KEY = os.environ.get("DEVICE_TOKEN_KEY", SECRET_KEY)
+# How long other processes may still accept a revoked token (their local cache).
+CREDENTIAL_LOCAL_TTL = float(os.environ.get("CREDENTIAL_LOCAL_TTL", "10"))
+CREDENTIAL_REDIS_TTL = int(os.environ.get("CREDENTIAL_REDIS_TTL", "300"))
+# After rotation the old token keeps working this long, so devices can pick up the new one.
+TOKEN_ROTATION_GRACE = timedelta(hours=float(os.environ.get("TOKEN_ROTATION_GRACE_HOURS", "24")))
 
 # Celery: Redis broker. A task is acknowledged only after it ran, and a worker
 # that dies mid-task hands it back, so imports are at-least-once and idempotent.
@@ -144,6 +152,18 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"expires": 30},
     },
 }
+
+# Commands: default lifetime, when an unacknowledged one is sent again, how many per answer.
+COMMAND_DEFAULT_EXPIRY = int(os.environ.get("COMMAND_DEFAULT_EXPIRY", str(24 * 3600)))
+COMMAND_REDELIVER_AFTER = int(os.environ.get("COMMAND_REDELIVER_AFTER", "300"))
+COMMAND_DELIVERY_BATCH = 50
+
+# Upload limits (documented in the API): readings per batch, body size, clock skew.
+UPLOAD_MAX_READINGS = int(os.environ.get("UPLOAD_MAX_READINGS", "5000"))
+DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("UPLOAD_MAX_BYTES", str(2 * 1024 * 1024)))
+READING_MAX_FUTURE_SECONDS = int(os.environ.get("READING_MAX_FUTURE_SECONDS", "86400"))
+# A device silent for longer than this is shown offline.
+DEVICE_OFFLINE_AFTER = int(os.environ.get("DEVICE_OFFLINE_AFTER", "300"))
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

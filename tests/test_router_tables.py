@@ -21,6 +21,7 @@ def test_model_families_are_what_we_think():
         "Reading",
         "LatestValue",
         "Command",
+        "DeviceStatus",
     }
     assert {User, Device, Shard} <= DIRECTORY_MODELS
 

@@ -1,0 +1,27 @@
+"""Which devices a web user may see and command: their own, or all of them for staff.
+
+Anything else is answered as if it did not exist (404), so ids leak nothing.
+"""
+
+from django.db.models import QuerySet
+from ninja.errors import HttpError
+
+from core.models import Device, DeviceAccess, User
+
+
+def visible_devices(user: User) -> QuerySet[Device]:
+    devices = Device.objects.filter(is_active=True)
+    if user.is_staff:
+        return devices
+    return devices.filter(deviceaccess__user=user)
+
+
+def device_for_user(user: User, device_id: int, *, to_command: bool = False) -> Device:
+    device = visible_devices(user).filter(pk=device_id).first()
+    if device is None:
+        raise HttpError(404, "no such device")
+    if to_command and not user.is_staff:
+        allowed = DeviceAccess.objects.filter(device=device, user=user, can_command=True)
+        if not allowed.exists():
+            raise HttpError(403, "you may see this device but not command it")
+    return device

@@ -1,0 +1,157 @@
+"""Request and response shapes, with the limits that keep a bad client from hurting anyone.
+
+Every request body is validated whole before anything is written: one bad
+reading rejects the batch, and the error names the item and the field.
+"""
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from django.conf import settings
+from ninja import Schema
+from pydantic import ConfigDict, Field, StringConstraints, field_validator
+
+EARLIEST_READING = datetime(2000, 1, 1, tzinfo=UTC)
+
+MetricName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$")]
+BatchId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[!-~]+$")]
+Serial = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[!-~]+$")]
+FiniteNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+CommandName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
+
+
+class Strict(Schema):
+    """Unknown fields are an error, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ReadingIn(Strict):
+    ts: datetime = Field(description="ISO 8601 (UTC if no offset) or Unix epoch seconds.")
+    metric: MetricName
+    value: FiniteNumber
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def parse_ts(cls, raw: Any) -> datetime:
+        if isinstance(raw, bool):
+            raise ValueError("must be an ISO 8601 string or epoch seconds, not a boolean")
+        if isinstance(raw, int | float):
+            if not math.isfinite(raw) or abs(raw) > 1e11:
+                raise ValueError("epoch seconds out of range")
+            parsed = datetime.fromtimestamp(raw, tz=UTC)
+        elif isinstance(raw, str) and len(raw) <= 40:
+            try:
+                parsed = datetime.fromisoformat(raw)
+            except ValueError:
+                raise ValueError("not an ISO 8601 timestamp") from None
+        else:
+            raise ValueError("must be an ISO 8601 string or epoch seconds")
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        latest = datetime.now(UTC) + timedelta(seconds=settings.READING_MAX_FUTURE_SECONDS)
+        if not EARLIEST_READING <= parsed <= latest:
+            raise ValueError(
+                f"must lie between {EARLIEST_READING:%Y-%m-%d} and "
+                f"{settings.READING_MAX_FUTURE_SECONDS} s from now"
+            )
+        return parsed.astimezone(UTC)
+
+
+class UploadIn(Strict):
+    batch_id: BatchId
+    readings: list[ReadingIn] = Field(min_length=1, max_length=settings.UPLOAD_MAX_READINGS)
+
+
+class CommandOut(Schema):
+    id: int
+    name: str
+    args: dict[str, Any]
+    status: str
+    expires_at: datetime | None
+    attempts: int = 0
+    created_at: datetime | None = None
+    completed_at: datetime | None = None
+    result: Any = None
+
+
+class UploadAccepted(Schema):
+    upload_id: int
+    status: str
+    commands: list[CommandOut]
+
+
+class UploadReceipt(Schema):
+    upload_id: int
+    status: str
+    readings: int
+    received_at: datetime
+    imported_at: datetime | None = None
+    error: str | None = None
+
+
+class CommandsOut(Schema):
+    commands: list[CommandOut]
+
+
+class CommandResultIn(Strict):
+    status: Literal["acknowledged", "succeeded", "failed"]
+    result: Any = None
+
+
+class EnrollIn(Strict):
+    provisioning_key: str = Field(min_length=1, max_length=200)
+    serial: Serial
+    name: str = Field(default="", max_length=200)
+
+
+class EnrollOut(Schema):
+    device_id: int
+    token: str
+
+
+class CommandIn(Strict):
+    name: CommandName
+    args: dict[str, Any] = Field(default_factory=dict)
+    expires_in: int | None = Field(
+        default=None, ge=1, le=30 * 24 * 3600, description="Seconds until it expires."
+    )
+
+
+class LatestOut(Schema):
+    value: float
+    ts: datetime
+
+
+class DeviceOut(Schema):
+    device_id: int
+    serial: str
+    name: str
+    shard: str
+    online: bool | None
+    last_seen_at: datetime | None
+    latest: dict[str, LatestOut]
+
+
+class DevicesOut(Schema):
+    devices: list[DeviceOut]
+    count: int
+    unavailable_shards: list[str]
+
+
+class ReadingOut(Schema):
+    ts: datetime
+    metric: str
+    value: float
+
+
+class ReadingsOut(Schema):
+    device_id: int
+    readings: list[ReadingOut]
+    truncated: bool
+
+
+class ErrorOut(Schema):
+    detail: str
+    errors: list[dict[str, str]] | None = None

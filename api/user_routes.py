@@ -1,0 +1,148 @@
+"""Endpoints for web users (Django session login): their devices, readings and commands.
+
+Staff see every device. Another user's device, or a command of one, is a 404.
+"""
+
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.http import HttpRequest
+from django.utils import timezone
+from ninja import Query, Router, Schema, Status
+from ninja.errors import HttpError
+from ninja.security import django_auth
+from pydantic import Field, model_validator
+
+from api.access import device_for_user, visible_devices
+from api.schemas import CommandIn, CommandOut, CommandsOut, DevicesOut, ErrorOut, ReadingsOut
+from core.models import Placement
+from routers.fanout import fan_out
+from shards.commands import cancel_command, create_command
+from shards.models import Command, DeviceStatus, LatestValue, Reading
+
+router = Router(tags=["web users"], auth=django_auth)
+ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 503: ErrorOut}
+MAX_READINGS = 10_000
+
+
+class Page(Schema):
+    limit: int = Field(default=100, ge=1, le=500)
+    offset: int = Field(default=0, ge=0, le=1_000_000)
+
+
+class ReadingRange(Schema):
+    metric: str | None = Field(default=None, max_length=64)
+    start: datetime | None = None
+    end: datetime | None = None
+    limit: int = Field(default=1000, ge=1, le=MAX_READINGS)
+
+    @model_validator(mode="after")
+    def ordered(self):
+        if self.start and self.end and self.start >= self.end:
+            raise ValueError("start must be before end")
+        return self
+
+
+def _shard_view(alias: str, device_ids: list[int]) -> dict:
+    """Latest values and last-seen times of some devices on one shard: two queries."""
+    latest: dict[int, dict] = {}
+    for row in LatestValue.objects.on_shard(alias).filter(device_id__in=device_ids):
+        latest.setdefault(row.device_id, {})[row.metric] = {"value": row.value, "ts": row.ts}
+    seen = dict(
+        DeviceStatus.objects.on_shard(alias)
+        .filter(device_id__in=device_ids)
+        .values_list("device_id", "last_seen_at")
+    )
+    return {"latest": latest, "seen": seen}
+
+
+@router.get("/devices", response={200: DevicesOut, **ERRORS})
+def my_devices(request: HttpRequest, page: Query[Page]):
+    """My devices across all shards, with latest values; shards are asked in parallel."""
+    devices = list(
+        visible_devices(request.user).order_by("id")[page.offset : page.offset + page.limit]
+    )
+    count = visible_devices(request.user).count()
+    placement = dict(
+        Placement.objects.filter(device__in=devices).values_list("device_id", "shard_id")
+    )
+    by_shard: dict[str, list[int]] = {}
+    for device in devices:
+        by_shard.setdefault(placement[device.pk], []).append(device.pk)
+    views = fan_out(
+        lambda alias: _shard_view(alias, by_shard[alias]), by_shard, return_exceptions=True
+    )
+    offline_before = timezone.now() - timedelta(seconds=settings.DEVICE_OFFLINE_AFTER)
+    answer = []
+    for device in devices:
+        view = views[placement[device.pk]]
+        reachable = not isinstance(view, BaseException)
+        seen = view["seen"].get(device.pk) if reachable else None
+        answer.append(
+            {
+                "device_id": device.pk,
+                "serial": device.serial,
+                "name": device.name,
+                "shard": placement[device.pk],
+                "online": (seen is not None and seen >= offline_before) if reachable else None,
+                "last_seen_at": seen,
+                "latest": view["latest"].get(device.pk, {}) if reachable else {},
+            }
+        )
+    unavailable = sorted(alias for alias, view in views.items() if isinstance(view, BaseException))
+    return {"devices": answer, "count": count, "unavailable_shards": unavailable}
+
+
+@router.get("/devices/{device_id}/readings", response={200: ReadingsOut, **ERRORS})
+def device_readings(request: HttpRequest, device_id: int, span: Query[ReadingRange]):
+    device = device_for_user(request.user, device_id)
+    readings = Reading.objects.for_device(device)
+    if span.metric:
+        readings = readings.filter(metric=span.metric)
+    if span.start:
+        readings = readings.filter(ts__gte=span.start)
+    if span.end:
+        readings = readings.filter(ts__lt=span.end)
+    rows = list(readings.order_by("ts", "metric").values("ts", "metric", "value")[: span.limit + 1])
+    return {
+        "device_id": device.pk,
+        "readings": rows[: span.limit],
+        "truncated": len(rows) > span.limit,
+    }
+
+
+@router.post("/devices/{device_id}/commands", response={201: CommandOut, **ERRORS})
+def send_command(request: HttpRequest, device_id: int, payload: CommandIn):
+    device = device_for_user(request.user, device_id, to_command=True)
+    command = create_command(
+        device.pk,
+        payload.name,
+        payload.args,
+        expires_in=payload.expires_in,
+        created_by_id=request.user.pk,
+    )
+    return Status(201, command)
+
+
+@router.get("/devices/{device_id}/commands", response={200: CommandsOut, **ERRORS})
+def device_commands(request: HttpRequest, device_id: int):
+    device = device_for_user(request.user, device_id)
+    return {"commands": list(Command.objects.for_device(device).order_by("-id")[:100])}
+
+
+@router.post("/commands/{command_id}/cancel", response={200: CommandOut, **ERRORS})
+def cancel(request: HttpRequest, command_id: int):
+    """The command's shard is not known from its id alone, so every shard is asked."""
+    found = fan_out(
+        lambda alias: (
+            Command.objects.on_shard(alias)
+            .filter(pk=command_id)
+            .values_list("device_id", flat=True)
+            .first()
+        )
+    )
+    device_id = next((d for d in found.values() if d is not None), None)
+    if device_id is None:
+        raise HttpError(404, "no such command")
+    device_for_user(request.user, device_id, to_command=True)
+    return cancel_command(device_id, command_id)

@@ -1,0 +1,122 @@
+"""The command lifecycle on a device's shard.
+
+queued -> sent (delivered to the device; re-sent if not acknowledged within
+COMMAND_REDELIVER_AFTER) -> acknowledged -> succeeded | failed; or expired
+(past expires_at) or cancelled (by a user) before it finished.
+"""
+
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from shards.fence import write_for_device
+from shards.models import Command
+
+S = Command.Status
+OPEN = (S.QUEUED, S.SENT, S.ACKNOWLEDGED)
+FINAL = (S.SUCCEEDED, S.FAILED, S.EXPIRED, S.CANCELLED)
+REPORTABLE = (S.ACKNOWLEDGED, S.SUCCEEDED, S.FAILED)
+
+
+class CommandError(Exception):
+    """A command operation refused; `status` is the HTTP status that fits."""
+
+    def __init__(self, message: str, status: int = 409) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def create_command(
+    device_id: int,
+    name: str,
+    args: dict[str, Any] | None = None,
+    *,
+    expires_in: int | None = None,
+    created_by_id: int | None = None,
+) -> Command:
+    expires_in = settings.COMMAND_DEFAULT_EXPIRY if expires_in is None else expires_in
+    expires_at = timezone.now() + timedelta(seconds=expires_in)
+    return write_for_device(
+        device_id,
+        lambda alias: Command.objects.on_shard(alias).create(
+            device_id=device_id,
+            name=name,
+            args=args or {},
+            expires_at=expires_at,
+            created_by_id=created_by_id,
+        ),
+    )
+
+
+def deliver_pending(device_id: int) -> list[Command]:
+    """Commands the device should act on now, marked sent; each delivery counts an attempt."""
+    now = timezone.now()
+    due = Q(status=S.QUEUED) | Q(
+        status=S.SENT, sent_at__lte=now - timedelta(seconds=settings.COMMAND_REDELIVER_AFTER)
+    )
+
+    def deliver(alias: str) -> list[Command]:
+        commands = list(
+            Command.objects.on_shard(alias)
+            .select_for_update(skip_locked=True)
+            .filter(due, device_id=device_id)
+            .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+            .order_by("id")[: settings.COMMAND_DELIVERY_BATCH]
+        )
+        for command in commands:
+            command.status = S.SENT
+            command.sent_at = now
+            command.attempts += 1
+        Command.objects.on_shard(alias).bulk_update(commands, ["status", "sent_at", "attempts"])
+        return commands
+
+    return write_for_device(device_id, deliver)
+
+
+def report_result(device_id: int, command_id: int, status: str, result: Any = None) -> Command:
+    """The device says how a command went; a finished command cannot change again."""
+    if status not in REPORTABLE:
+        raise CommandError(f"status must be one of {', '.join(REPORTABLE)}", status=400)
+
+    def report(alias: str) -> Command:
+        command = (
+            Command.objects.on_shard(alias)
+            .select_for_update()
+            .filter(pk=command_id, device_id=device_id)
+            .first()
+        )
+        if command is None:
+            raise CommandError(f"no command {command_id} for this device", status=404)
+        if command.status in FINAL:
+            raise CommandError(f"command {command_id} is already {command.status}")
+        command.status = status
+        if status != S.ACKNOWLEDGED:
+            command.completed_at = timezone.now()
+            command.result = result
+        command.save(update_fields=["status", "completed_at", "result"])
+        return command
+
+    return write_for_device(device_id, report)
+
+
+def cancel_command(device_id: int, command_id: int) -> Command:
+    def cancel(alias: str) -> Command:
+        command = (
+            Command.objects.on_shard(alias)
+            .select_for_update()
+            .filter(pk=command_id, device_id=device_id)
+            .first()
+        )
+        if command is None:
+            raise CommandError(f"no command {command_id}", status=404)
+        if command.status in FINAL:
+            raise CommandError(f"command {command_id} is already {command.status}")
+        command.status = S.CANCELLED
+        command.completed_at = timezone.now()
+        command.save(update_fields=["status", "completed_at"])
+        return command
+
+    return write_for_device(device_id, cancel)
