@@ -70,3 +70,6 @@ def shards(django_db_setup, django_db_blocker) -> list[str]:
             yield TEST_SHARDS
         finally:
             truncate_all(["default", *TEST_SHARDS])
+
+
+from tests.worker import celery_worker  # noqa: E402, F401
