@@ -4,15 +4,43 @@ Every request body is validated whole before anything is written: one bad
 reading rejects the batch, and the error names the item and the field.
 """
 
+import json
 import math
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from django.conf import settings
 from ninja import Schema
-from pydantic import ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, ConfigDict, Field, StringConstraints, field_validator
 
 EARLIEST_READING = datetime(2000, 1, 1, tzinfo=UTC)
+MAX_JSON_BYTES = 16 * 1024
+
+
+def without_nul(value: Any) -> Any:
+    """PostgreSQL stores no NUL character in text or jsonb; refuse it here, not with a 500."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str) and "\x00" in item:
+            raise ValueError("text must not contain NUL (\\u0000) characters")
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return value
+
+
+def small_json(value: Any) -> Any:
+    if len(json.dumps(value)) > MAX_JSON_BYTES:
+        raise ValueError(f"must be at most {MAX_JSON_BYTES} bytes as JSON")
+    return without_nul(value)
+
+
+Text = Annotated[str, AfterValidator(without_nul)]
+JsonObject = Annotated[dict[str, Any], AfterValidator(small_json)]
+JsonValue = Annotated[Any, AfterValidator(small_json)]
 
 MetricName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$")]
 BatchId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[!-~]+$")]
@@ -97,13 +125,13 @@ class CommandsOut(Schema):
 
 class CommandResultIn(Strict):
     status: Literal["acknowledged", "succeeded", "failed"]
-    result: Any = None
+    result: JsonValue = None
 
 
 class EnrollIn(Strict):
-    provisioning_key: str = Field(min_length=1, max_length=200)
+    provisioning_key: Text = Field(min_length=1, max_length=200)
     serial: Serial
-    name: str = Field(default="", max_length=200)
+    name: Text = Field(default="", max_length=200)
 
 
 class EnrollOut(Schema):
@@ -113,7 +141,7 @@ class EnrollOut(Schema):
 
 class CommandIn(Strict):
     name: CommandName
-    args: dict[str, Any] = Field(default_factory=dict)
+    args: JsonObject = Field(default_factory=dict)
     expires_in: int | None = Field(
         default=None, ge=1, le=30 * 24 * 3600, description="Seconds until it expires."
     )

@@ -3,7 +3,7 @@
 Staff see every device. Another user's device, or a command of one, is a 404.
 """
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.http import HttpRequest
@@ -11,10 +11,18 @@ from django.utils import timezone
 from ninja import Query, Router, Schema, Status
 from ninja.errors import HttpError
 from ninja.security import django_auth
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from api.access import device_for_user, visible_devices
-from api.schemas import CommandIn, CommandOut, CommandsOut, DevicesOut, ErrorOut, ReadingsOut
+from api.schemas import (
+    CommandIn,
+    CommandOut,
+    CommandsOut,
+    DevicesOut,
+    ErrorOut,
+    MetricName,
+    ReadingsOut,
+)
 from core.models import Placement
 from routers.fanout import fan_out
 from shards.commands import cancel_command, create_command
@@ -31,10 +39,22 @@ class Page(Schema):
 
 
 class ReadingRange(Schema):
-    metric: str | None = Field(default=None, max_length=64)
+    metric: MetricName | None = None
     start: datetime | None = None
     end: datetime | None = None
     limit: int = Field(default=1000, ge=1, le=MAX_READINGS)
+
+    @field_validator("start", "end")
+    @classmethod
+    def in_utc(cls, value: datetime | None) -> datetime | None:
+        """PostgreSQL refuses some offsets Python allows (+17:00): hand it UTC only."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        if not 1 <= value.year <= 9998:
+            raise ValueError("year out of range")
+        return value.astimezone(UTC)
 
     @model_validator(mode="after")
     def ordered(self):

@@ -260,3 +260,20 @@ def test_steady_state_upload_makes_zero_directory_queries(client, shards):
     assert answer.status_code == 202
     assert log.count("default") == 0
     assert log.aliases() == {"shard_2"}
+
+
+def test_nul_characters_are_400_not_500(client, shards, fleet_key):
+    new = make_device()
+    answer = post_json(
+        client,
+        "/api/v1/device/enroll",
+        {"provisioning_key": fleet_key, "serial": "SN-N", "name": "a\u0000b"},
+    )
+    assert answer.status_code == 400 and "name" in answer.json()["detail"]
+    command = create_command(new.device.pk, "x")
+    path = f"/api/v1/device/commands/{command.pk}/result"
+    answer = post_json(
+        client, path, {"status": "succeeded", "result": {"k\u0000": 1}}, **bearer(new.token)
+    )
+    assert answer.status_code == 400 and "result" in answer.json()["detail"]
+    assert Command.objects.for_device(new.device).get(pk=command.pk).status == "queued"
