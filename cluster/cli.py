@@ -99,13 +99,18 @@ def up() -> int:
     for key in ("admin_password", "web_password"):
         if not data.get(key):
             data[key] = secrets.token_urlsafe(12)
+    if not data.get("provisioning_key"):
+        data["provisioning_key"] = "fleet_" + secrets.token_urlsafe(32)
     data.setdefault("demo_devices", [])
     # Saved before the Django steps, so a failed seed_demo cannot lose the password.
     state.save(state_file(), data)
 
     print("django:", flush=True)
     seed = run_django_steps(
-        data["admin_password"], data["web_password"], var_dir() / "log" / "manage.log"
+        data["admin_password"],
+        data["web_password"],
+        data["provisioning_key"],
+        var_dir() / "log" / "manage.log",
     )
     if seed is not None:
         data["admin_user"] = seed.get("admin_user", data["admin_user"])
@@ -136,6 +141,7 @@ def _print_summary(data: dict[str, Any]) -> None:
     if data.get("admin_user"):
         print(f"  admin      {data['admin_user']} / {data['admin_password']}")
         print(f"  web user   {data.get('web_user')} / {data['web_password']}")
+        print(f"  fleet key  {data['provisioning_key']}")
         print(f"  devices    {len(data.get('demo_devices') or [])} demo devices (tokens in state)")
     else:
         print("  admin      not seeded yet (manage.py seed_demo has not run)")

@@ -76,7 +76,7 @@ def _parse_seed_output(stdout: str) -> dict[str, Any]:
 
 
 def run_django_steps(
-    admin_password: str, web_password: str, log_file: Path
+    admin_password: str, web_password: str, provisioning_key: str, log_file: Path
 ) -> dict[str, Any] | None:
     """Migrate the directory, register + migrate shards, seed demo data.
 
@@ -100,6 +100,11 @@ def run_django_steps(
                 secrets=(DB_PASSWORD,),
             )
         _manage(["migrate_shards"], log)
+        _manage(
+            ["provisioning_key", "set", "local", provisioning_key],
+            log,
+            secrets=(provisioning_key,),
+        )
         stdout = _manage(
             [
                 "seed_demo",
