@@ -52,13 +52,19 @@ def create_command(
 
 
 def deliver_pending(device_id: int) -> list[Command]:
-    """Commands the device should act on now, marked sent; each delivery counts an attempt."""
+    """Commands the device should act on now, marked sent; each delivery counts an attempt.
+
+    Open commands found past their expiry on the way are marked expired.
+    """
     now = timezone.now()
     due = Q(status=S.QUEUED) | Q(
         status=S.SENT, sent_at__lte=now - timedelta(seconds=settings.COMMAND_REDELIVER_AFTER)
     )
 
     def deliver(alias: str) -> list[Command]:
+        Command.objects.on_shard(alias).filter(
+            device_id=device_id, status__in=OPEN, expires_at__lte=now
+        ).update(status=S.EXPIRED, completed_at=now)
         commands = list(
             Command.objects.on_shard(alias)
             .select_for_update(skip_locked=True)

@@ -130,6 +130,7 @@ def test_expired_commands_are_not_delivered(client, shards):
         expires_at="2020-01-01T00:00:00Z"
     )
     assert client.get("/api/v1/device/commands", **bearer(new.token)).json()["commands"] == []
+    assert Command.objects.for_device(new.device).get(pk=command.pk).status == "expired"
 
 
 def test_receipt_shows_status_and_belongs_to_its_device_only(client, shards):
