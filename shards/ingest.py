@@ -39,45 +39,44 @@ SWEEP_LIMIT = 1000
 # the upload is already durable and the sweeper queues it later.
 PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.1}
 
-# The payload's rows as SQL sees them. Import runs entirely inside the shard, so a
-# batch is never shipped to Python and back; a payload PostgreSQL cannot cast is
-# reported as a DataError/IntegrityError and marks the upload failed.
-PAYLOAD_ROWS = """
-    ROWS FROM (
-        jsonb_to_recordset(u.payload) AS (ts timestamptz, metric varchar(64), value float8)
-    ) WITH ORDINALITY AS r(ts, metric, value, position)
-"""
-
-INSERT_READINGS = f"""
-    INSERT INTO {READING_TABLE} (device_id, metric, ts, value)
-    SELECT u.device_id, r.metric, r.ts, r.value
-    FROM {UPLOAD_TABLE} u, {PAYLOAD_ROWS}
-    WHERE u.id = %(upload_id)s
-    ORDER BY r.metric, r.ts, r.position
-    ON CONFLICT (device_id, metric, ts) DO NOTHING
-"""
-# ORDER BY: imports of one device take index locks in the same order, so overlapping
-# batches imported at once wait for each other instead of deadlocking; within a batch
-# the first of two readings with the same (metric, ts) wins, as in INSERT_READINGS.
-
-UPSERT_LATEST = f"""
-    INSERT INTO {LATEST_TABLE} (device_id, metric, ts, value, updated_at)
-    SELECT DISTINCT ON (r.metric) u.device_id, r.metric, r.ts, r.value, now()
-    FROM {UPLOAD_TABLE} u, {PAYLOAD_ROWS}
-    WHERE u.id = %(upload_id)s
-    ORDER BY r.metric, r.ts DESC, r.position
-    ON CONFLICT (device_id, metric) DO UPDATE
-        SET ts = excluded.ts, value = excluded.value, updated_at = excluded.updated_at
-        WHERE excluded.ts > {LATEST_TABLE}.ts
-"""
-
-UPSERT_STATUS = f"""
-    INSERT INTO {STATUS_TABLE} (device_id, last_seen_at, last_upload_id, updated_at)
-    VALUES (%(device_id)s, now(), %(upload_id)s, now())
-    ON CONFLICT (device_id) DO UPDATE
-        SET last_seen_at = greatest({STATUS_TABLE}.last_seen_at, excluded.last_seen_at),
-            last_upload_id = excluded.last_upload_id,
-            updated_at = excluded.updated_at
+# The whole import in one statement inside the shard: the payload is parsed once
+# (MATERIALIZED) and never shipped to Python and back. A payload PostgreSQL cannot
+# cast raises DataError/IntegrityError, which marks the upload failed.
+# readings: ORDER BY makes concurrent imports of one device take index locks in the
+# same order (they wait instead of deadlocking), and the first of two readings with
+# the same (metric, ts) in a batch wins; latest picks that same reading.
+# latest: only a newer reading replaces the stored one, so late batches cannot.
+IMPORT_UPLOAD = f"""
+    WITH batch AS MATERIALIZED (
+        SELECT r.metric, r.ts, r.value, r.position
+        FROM {UPLOAD_TABLE} u,
+             ROWS FROM (
+                 jsonb_to_recordset(u.payload)
+                     AS (ts timestamptz, metric varchar(64), value double precision)
+             ) WITH ORDINALITY AS r(ts, metric, value, position)
+        WHERE u.id = %(upload_id)s
+    ), readings AS (
+        INSERT INTO {READING_TABLE} (device_id, metric, ts, value)
+        SELECT %(device_id)s, metric, ts, value FROM batch
+        ORDER BY metric, ts, position
+        ON CONFLICT (device_id, metric, ts) DO NOTHING
+    ), latest AS (
+        INSERT INTO {LATEST_TABLE} (device_id, metric, ts, value, updated_at)
+        SELECT DISTINCT ON (metric) %(device_id)s, metric, ts, value, now() FROM batch
+        ORDER BY metric, ts DESC, position
+        ON CONFLICT (device_id, metric) DO UPDATE
+            SET ts = excluded.ts, value = excluded.value, updated_at = excluded.updated_at
+            WHERE excluded.ts > {LATEST_TABLE}.ts
+    ), status AS (
+        INSERT INTO {STATUS_TABLE} (device_id, last_seen_at, last_upload_id, updated_at)
+        VALUES (%(device_id)s, now(), %(upload_id)s, now())
+        ON CONFLICT (device_id) DO UPDATE
+            SET last_seen_at = greatest({STATUS_TABLE}.last_seen_at, excluded.last_seen_at),
+                last_upload_id = excluded.last_upload_id,
+                updated_at = excluded.updated_at
+    )
+    UPDATE {UPLOAD_TABLE} SET status = %(imported)s, error = '', imported_at = now()
+    WHERE id = %(upload_id)s
 """
 
 
@@ -197,26 +196,27 @@ def _import_on_shard(alias: str, device_id: int, upload_id: int) -> str:
             return status  # imported (or failed) before: a duplicate task changes nothing
         problem = _shape_problem(kind, length, reading_count)
         if problem is None:
+            params = {
+                "upload_id": upload_id,
+                "device_id": device_id,
+                "imported": Upload.Status.IMPORTED.value,
+            }
+            # Not waiting for the WAL flush is safe here: a crash that loses this commit
+            # loses the 'imported' mark with it, and the sweeper imports the upload again.
+            cursor.execute("SET LOCAL synchronous_commit = off")
             try:
                 with transaction.atomic(using=alias):  # a savepoint: a bad cast undoes only this
-                    params = {"upload_id": upload_id, "device_id": device_id}
-                    cursor.execute(INSERT_READINGS, params)
-                    cursor.execute(UPSERT_LATEST, params)
-                    cursor.execute(UPSERT_STATUS, params)
+                    cursor.execute(IMPORT_UPLOAD, params)
             except (DataError, IntegrityError) as exc:
                 problem = str(exc).strip().splitlines()[0]
-        if problem is not None:
-            logger.warning("upload %s of device %s failed: %s", upload_id, device_id, problem)
-            cursor.execute(
-                f"UPDATE {UPLOAD_TABLE} SET status = %s, error = %s WHERE id = %s",
-                [Upload.Status.FAILED, f"payload cannot be imported: {problem}", upload_id],
-            )
-            return Upload.Status.FAILED
+            else:
+                return Upload.Status.IMPORTED
+        logger.warning("upload %s of device %s failed: %s", upload_id, device_id, problem)
         cursor.execute(
-            f"UPDATE {UPLOAD_TABLE} SET status = %s, error = '', imported_at = now() WHERE id = %s",
-            [Upload.Status.IMPORTED, upload_id],
+            f"UPDATE {UPLOAD_TABLE} SET status = %s, error = %s WHERE id = %s",
+            [Upload.Status.FAILED, f"payload cannot be imported: {problem}", upload_id],
         )
-        return Upload.Status.IMPORTED
+        return Upload.Status.FAILED
 
 
 def import_upload_now(device_id: int, upload_id: int) -> str:
