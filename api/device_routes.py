@@ -22,18 +22,21 @@ from api.schemas import (
 )
 from core.credentials import device_id_for_token
 from core.provisioning import enroll
+from routers.placement import shard_for_device
 from shards.commands import deliver_pending, report_result
 from shards.ingest import stage_upload
 from shards.models import Upload
 
 
 class DeviceToken(HttpBearer):
-    """`Authorization: Bearer <token>`; the request carries `device_id` afterwards."""
+    """`Authorization: Bearer <token>`; the request carries `device_id` and `shard_alias`."""
 
     def authenticate(self, request: HttpRequest, token: str) -> int | None:
         device_id = device_id_for_token(token)
         if device_id is not None:
             request.device_id = device_id
+            # For the request log; a cache hit, and the route's own lookup is another.
+            request.shard_alias = shard_for_device(device_id)
         return device_id
 
 

@@ -278,3 +278,12 @@ def test_nul_characters_are_400_not_500(client, shards, fleet_key):
     )
     assert answer.status_code == 400 and "result" in answer.json()["detail"]
     assert Command.objects.for_device(new.device).get(pk=command.pk).status == "queued"
+
+
+def test_request_log_names_device_shard_and_duration(client, shards, caplog):
+    new = make_device(shard="shard_2")
+    with caplog.at_level("INFO", logger="fleet.requests"):
+        client.get("/api/v1/device/commands", **bearer(new.token))
+    line = next(r.getMessage() for r in caplog.records if r.name == "fleet.requests")
+    assert line.startswith("GET /api/v1/device/commands 200 ")
+    assert f"device={new.device.pk} shard=shard_2" in line and "ms " in line
