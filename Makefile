@@ -31,3 +31,8 @@ format: bootstrap
 # Serially this is: bootstrap (once), up, lint, then the tests.
 test: up lint
 	$(PYTEST) $(PYTEST_ARGS)
+
+# Ingest throughput of the import path against raw COPY on shard_1 (docs/benchmarks.md).
+.PHONY: bench
+bench: up
+	$(PYTHON) bench/ingest_bench.py --readings 200000
