@@ -45,7 +45,7 @@ PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 
 # readings: ORDER BY makes concurrent imports of one device take index locks in the
 # same order (they wait instead of deadlocking), and the first of two readings with
 # the same (metric, ts) in a batch wins; latest picks that same reading.
-# latest: only a newer reading replaces the stored one, so late batches cannot.
+# latest: only a newer reading replaces the stored one; a late, older batch leaves it.
 IMPORT_UPLOAD = f"""
     WITH batch AS MATERIALIZED (
         SELECT r.metric, r.ts, r.value, r.position
