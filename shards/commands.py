@@ -82,22 +82,28 @@ def deliver_pending(device_id: int) -> list[Command]:
     return write_for_device(device_id, deliver)
 
 
+def _open_command_for_update(alias: str, device_id: int, command_id: int) -> Command:
+    """The device's command, locked; refused if unknown (404) or already finished (409)."""
+    command = (
+        Command.objects.on_shard(alias)
+        .select_for_update()
+        .filter(pk=command_id, device_id=device_id)
+        .first()
+    )
+    if command is None:
+        raise CommandError(f"no command {command_id} for this device", status=404)
+    if command.status in FINAL:
+        raise CommandError(f"command {command_id} is already {command.status}")
+    return command
+
+
 def report_result(device_id: int, command_id: int, status: str, result: Any = None) -> Command:
     """The device says how a command went; a finished command cannot change again."""
     if status not in REPORTABLE:
         raise CommandError(f"status must be one of {', '.join(REPORTABLE)}", status=400)
 
     def report(alias: str) -> Command:
-        command = (
-            Command.objects.on_shard(alias)
-            .select_for_update()
-            .filter(pk=command_id, device_id=device_id)
-            .first()
-        )
-        if command is None:
-            raise CommandError(f"no command {command_id} for this device", status=404)
-        if command.status in FINAL:
-            raise CommandError(f"command {command_id} is already {command.status}")
+        command = _open_command_for_update(alias, device_id, command_id)
         command.status = status
         if status != S.ACKNOWLEDGED:
             command.completed_at = timezone.now()
@@ -110,16 +116,7 @@ def report_result(device_id: int, command_id: int, status: str, result: Any = No
 
 def cancel_command(device_id: int, command_id: int) -> Command:
     def cancel(alias: str) -> Command:
-        command = (
-            Command.objects.on_shard(alias)
-            .select_for_update()
-            .filter(pk=command_id, device_id=device_id)
-            .first()
-        )
-        if command is None:
-            raise CommandError(f"no command {command_id}", status=404)
-        if command.status in FINAL:
-            raise CommandError(f"command {command_id} is already {command.status}")
+        command = _open_command_for_update(alias, device_id, command_id)
         command.status = S.CANCELLED
         command.completed_at = timezone.now()
         command.save(update_fields=["status", "completed_at"])
