@@ -16,7 +16,8 @@ from django.core.management.color import no_style
 from django.db import connections
 
 from core import local_cluster
-from routers.registry import refresh_registry
+from core.models import Shard
+from routers.registry import refresh_registry, unregister_shard_connection
 from shards.registration import ShardLocation, register_shard
 
 TEST_SHARDS = sorted(local_cluster.SHARDS)
@@ -70,6 +71,15 @@ def shards(django_db_setup, django_db_blocker) -> list[str]:
             yield TEST_SHARDS
         finally:
             truncate_all(["default", *TEST_SHARDS])
+
+
+@pytest.fixture
+def dead_shard(shards) -> str:
+    """A registered shard whose server does not exist (port 1): always unreachable."""
+    Shard.objects.create(alias="shard_dead", number=99, host="127.0.0.1", port=1, db_name="x")
+    refresh_registry(force=True)
+    yield "shard_dead"
+    unregister_shard_connection("shard_dead")
 
 
 from tests.worker import celery_worker  # noqa: E402, F401

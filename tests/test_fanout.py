@@ -4,10 +4,8 @@ import threading
 
 import pytest
 
-from core.models import Shard
 from routers.errors import FanOutError
 from routers.fanout import fan_out
-from routers.registry import refresh_registry, unregister_shard_connection
 from shards.models import Reading
 from tests.factories import make_device, reading_times
 
@@ -36,14 +34,6 @@ def test_fan_out_runs_shards_concurrently(shards):
         return alias
 
     assert fan_out(meet) == {alias: alias for alias in shards}
-
-
-@pytest.fixture
-def dead_shard(shards):
-    Shard.objects.create(alias="shard_dead", number=99, host="127.0.0.1", port=1, db_name="x")
-    refresh_registry(force=True)
-    yield "shard_dead"
-    unregister_shard_connection("shard_dead")
 
 
 def test_a_down_shard_is_reported_and_the_others_still_answer(dead_shard):

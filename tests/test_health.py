@@ -1,10 +1,6 @@
 """Liveness stays up when a shard is down; readiness names what is not ready."""
 
-import pytest
 from django.test import Client
-
-from core.models import Shard
-from routers.registry import refresh_registry, unregister_shard_connection
 
 
 def test_healthz_and_readyz_when_everything_is_up(shards):
@@ -17,14 +13,6 @@ def test_healthz_and_readyz_when_everything_is_up(shards):
     assert all(body[part]["ok"] for part in ("directory", "cache", "broker"))
     assert set(body["shards"]) == set(shards)
     assert all(s["ok"] and s["latency_ms"] >= 0 for s in body["shards"].values())
-
-
-@pytest.fixture
-def dead_shard(shards):
-    Shard.objects.create(alias="shard_gone", number=77, host="127.0.0.1", port=1, db_name="x")
-    refresh_registry(force=True)
-    yield "shard_gone"
-    unregister_shard_connection("shard_gone")
 
 
 def test_a_down_shard_fails_readiness_but_not_liveness(dead_shard):

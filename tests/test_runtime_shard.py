@@ -6,7 +6,6 @@ that this process lists it within the registry's refresh time and places a new
 device's writes on it.
 """
 
-import os
 import subprocess
 import sys
 import time
@@ -14,7 +13,6 @@ import time
 import psycopg2
 import pytest
 from django.conf import settings
-from django.db import connections
 
 from cluster.ports import free_port
 from cluster.postgres import PostgresInstance
@@ -23,6 +21,7 @@ from routers.fanout import fan_out
 from routers.registry import serving_shards, unregister_shard_connection
 from shards.models import Reading
 from tests.factories import make_device, reading_times
+from tests.process_env import test_process_env
 from tests.querylog import queries_by_alias
 
 pytestmark = pytest.mark.slow
@@ -42,21 +41,6 @@ def third_instance():
     instance.destroy()
 
 
-def manage_env() -> dict[str, str]:
-    """Point a separate process at the test directory and test Redis."""
-    directory = connections.settings["default"]
-    url = (
-        f"postgres://{directory['USER']}:{directory['PASSWORD']}@{directory['HOST']}:"
-        f"{directory['PORT']}/{directory['NAME']}"
-    )
-    return {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "core.settings",
-        "DIRECTORY_DATABASE_URL": url,
-        "REDIS_URL": settings.CACHES["default"]["LOCATION"],
-    }
-
-
 def test_third_shard_registered_at_run_time_receives_new_devices(shards, third_instance):
     make_device(shard="shard_1")
     make_device(shard="shard_2")
@@ -65,7 +49,7 @@ def test_third_shard_registered_at_run_time_receives_new_devices(shards, third_i
     proc = subprocess.run(
         [sys.executable, "manage.py", "register_shard", "shard_3", "--host", "127.0.0.1",
          "--port", str(third_instance.port), "--db-name", DB_NAME],
-        cwd=local_cluster.REPO_ROOT, env=manage_env(), capture_output=True, text=True,
+        cwd=local_cluster.REPO_ROOT, env=test_process_env(), capture_output=True, text=True,
         timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr

@@ -17,30 +17,14 @@ from pathlib import Path
 import pytest
 import redis
 from django.conf import settings
-from django.db import connections
 
 from core import local_cluster
+from tests.process_env import test_process_env
 
 CELERY = local_cluster.REPO_ROOT / ".venv" / "bin" / "celery"
 LOG_PATH = local_cluster.VAR_DIR / "log" / "test-worker.log"
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
-
-
-def worker_env() -> dict[str, str]:
-    """Point the worker at the test directory, test cache and test broker."""
-    directory = connections.settings["default"]
-    url = (
-        f"postgres://{directory['USER']}:{directory['PASSWORD']}@{directory['HOST']}:"
-        f"{directory['PORT']}/{directory['NAME']}"
-    )
-    return {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "core.settings",
-        "DIRECTORY_DATABASE_URL": url,
-        "REDIS_URL": settings.CACHES["default"]["LOCATION"],
-        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-    }
 
 
 def purge_broker() -> None:
@@ -73,7 +57,7 @@ class CeleryWorker:
         self.process = subprocess.Popen(
             command,
             cwd=local_cluster.REPO_ROOT,
-            env=worker_env(),
+            env=test_process_env(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
