@@ -28,6 +28,14 @@ SHARDS = {
 
 REDIS_PORT = int(os.environ.get("FLEET_REDIS_PORT", "56379"))
 
+# The app tier: HAProxy's frontend for devices and browsers, its stats page, and one
+# uWSGI node per port behind it (FLEET_APP_PORTS is a comma-separated list).
+HTTP_PORT = int(os.environ.get("FLEET_HTTP_PORT", "8000"))
+STATS_PORT = int(os.environ.get("FLEET_STATS_PORT", "8404"))
+APP_PORTS = [
+    int(port) for port in os.environ.get("FLEET_APP_PORTS", "8001,8002").split(",") if port.strip()
+]
+
 
 def directory_url() -> str:
     return f"postgres://{DB_USER}:{DB_PASSWORD}@{HOST}:{DIRECTORY_PORT}/{DIRECTORY_DB}"
