@@ -1,8 +1,14 @@
 """Small process and file helpers shared by the cluster modules."""
 
+import base64
+import contextlib
+import http.client
 import os
+import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -97,3 +103,70 @@ def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
+
+
+def http_get(
+    url: str, *, auth: tuple[str, str] | None = None, timeout: float = 2.0
+) -> tuple[int, bytes]:
+    """(status, body) of a GET; status 0 when nothing answered. Standard library only."""
+    request = urllib.request.Request(url)
+    if auth is not None:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (OSError, http.client.HTTPException):
+        return 0, b""
+
+
+def _arguments(pid: int) -> list[bytes] | None:
+    """The command-line arguments of `pid`, or None when it is gone (zombies have none)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return raw.split(b"\0")[:-1] if raw else None
+
+
+def runs_with_arg(pid: int, arg: str) -> bool:
+    """True if process `pid` is alive and `arg` is one of its command-line arguments.
+
+    A whole argument, not a substring: /srv/work/main/var/run/app-1.ini must not match
+    a marker /work/main/var/run/app-1.ini of another checkout.
+    """
+    arguments = _arguments(pid)
+    return arguments is not None and arg.encode() in arguments
+
+
+def pids_with_arg(arg: str) -> list[int]:
+    """Live processes with `arg` (e.g. a config path under var/) on their command line.
+
+    Finds what a pid file no longer names: uWSGI workers orphaned by a killed master,
+    prefork children of a Celery worker. The arg is an absolute path inside this
+    checkout's var/, so processes of other checkouts or of the system never match.
+    """
+    pids = (int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit())
+    return sorted(pid for pid in pids if pid != os.getpid() and runs_with_arg(pid, arg))
+
+
+def terminate(pids: Sequence[int], timeout: float, arg: str) -> list[int]:
+    """SIGTERM `pids`, wait up to `timeout`, SIGKILL what is left. Returns the pids still alive.
+
+    A pid is only signalled while `arg` is still on its command line, so a pid reused by
+    an unrelated process in the meantime is left alone.
+    """
+
+    def alive(pid: int) -> bool:
+        return runs_with_arg(pid, arg)
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            if alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+        if wait_for(lambda: not any(alive(pid) for pid in pids), timeout=timeout):
+            return []
+    return [pid for pid in pids if alive(pid)]
