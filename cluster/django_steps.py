@@ -1,4 +1,4 @@
-"""Step 3 of `up`: migrate, register the shards and seed demo data via manage.py.
+"""Step 3 of `up`: migrate, collect static files, register the shards, seed demo data.
 
 Each step is a separate `.venv/bin/python manage.py ...` subprocess so this tool never
 imports Django. stdout/stderr go to var/log/manage.log (secrets redacted from the
@@ -88,6 +88,8 @@ def run_django_steps(
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "a") as log:
         _manage(["migrate", "--noinput"], log)
+        # uWSGI serves var/static itself (static-map): Django does not under uWSGI.
+        _manage(["collectstatic", "--noinput", "--verbosity", "0"], log)
         for alias, (port, dbname) in SHARDS.items():
             _manage(
                 [
