@@ -1,4 +1,4 @@
-"""`python -m cluster up|down|status`: the local cluster's command line.
+"""`python -m cluster up|down|status|reload|simulate`: the local cluster's command line.
 
 Everything is derived from core.local_cluster (ports, names, VAR_DIR), the same module
 Django's settings read, so the tool and the app cannot disagree about where things are.
@@ -6,20 +6,29 @@ Django's settings read, so the tool and the app cannot disagree about where thin
 
 import argparse
 import os
+import re
 import secrets
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cluster import state
+from cluster import celery_procs, state
+from cluster.appnodes import AppNode, app_nodes
 from cluster.django_steps import run_django_steps
+from cluster.haproxy import HAProxy
 from cluster.postgres import PostgresInstance
 from cluster.redis import RedisInstance
+from cluster.simulate import simulate
 from cluster.util import ClusterError
 from core import local_cluster as lc
 
 EXIT_NOT_ALL_UP = 3
+STATS_USER = "fleet"
+# HAProxy needs `rise` passing checks (2 x 500 ms) to put a fresh node in rotation.
+ALL_UP_TIMEOUT = 30.0
+SIMULATED_BATCHES = 3
 
 
 def var_dir() -> Path:
@@ -66,8 +75,45 @@ def redis_instance() -> RedisInstance:
     )
 
 
+def configured_app_nodes() -> list[AppNode]:
+    return app_nodes(var_dir(), lc.APP_PORTS)
+
+
+def stale_app_nodes() -> list[AppNode]:
+    """Nodes with an ini in var/run that are no longer configured (FLEET_APP_PORTS shrank)."""
+    configured = {node.name for node in configured_app_nodes()}
+    stale = []
+    for ini in sorted((var_dir() / "run").glob("app-*.ini")):
+        match = re.fullmatch(r"app-(\d+)\.ini", ini.name)
+        if match and ini.stem not in configured:
+            stale.append(AppNode(int(match.group(1)), 0, var_dir()))
+    return stale
+
+
+def haproxy_instance(data: dict[str, Any]) -> HAProxy:
+    """Our HAProxy; the stats login comes from var/cluster.json (made once by `up`)."""
+    return HAProxy(
+        var=var_dir(),
+        nodes=configured_app_nodes(),
+        http_port=lc.HTTP_PORT,
+        stats_port=lc.STATS_PORT,
+        stats_user=data.get("stats_user") or STATS_USER,
+        stats_password=data.get("stats_password") or "",
+    )
+
+
 def _endpoint(port: int, dbname: str) -> dict[str, Any]:
     return {"host": lc.HOST, "port": port, "db": dbname}
+
+
+def _site_urls(haproxy: HAProxy) -> dict[str, Any]:
+    return {
+        "url": haproxy.url,
+        "admin_url": f"{haproxy.url}admin/",
+        "api_docs_url": f"{haproxy.url}api/v1/docs",
+        "stats_url": haproxy.stats_url,
+        "app_nodes": [node.url for node in configured_app_nodes()],
+    }
 
 
 # -- up -------------------------------------------------------------------------
@@ -101,6 +147,9 @@ def up() -> int:
             data[key] = secrets.token_urlsafe(12)
     if not data.get("provisioning_key"):
         data["provisioning_key"] = "fleet_" + secrets.token_urlsafe(32)
+    data.setdefault("stats_user", STATS_USER)
+    if not data.get("stats_password"):
+        data["stats_password"] = secrets.token_urlsafe(16)
     data.setdefault("demo_devices", [])
     # Saved before the Django steps, so a failed seed_demo cannot lose the password.
     state.save(state_file(), data)
@@ -120,8 +169,51 @@ def up() -> int:
         )
         state.save(state_file(), data)
 
+    _app_tier_up(data)
+    state.save(state_file(), data)
+    if seed is not None and not data.get("simulation"):
+        _simulate_once(data)
     _print_summary(data)
     return 0
+
+
+def _app_tier_up(data: dict[str, Any]) -> None:
+    """uWSGI nodes, HAProxy, Celery worker and beat; then wait until all are in rotation."""
+    print("app tier:", flush=True)
+    for node in stale_app_nodes():
+        if node.stop():
+            print(f"  {node.name:<13} stopped (no longer in FLEET_APP_PORTS)")
+    nodes = configured_app_nodes()
+    actions = {node.name: node.ensure_running() for node in nodes}
+    for node in nodes:
+        node.wait_ready()
+        print(f"  {node.name:<13} {node.url:<24} {actions[node.name]}", flush=True)
+    haproxy = haproxy_instance(data)
+    action = haproxy.ensure_running()
+    print(f"  {'haproxy':<13} {haproxy.url:<24} {action}; stats {haproxy.stats_url}", flush=True)
+    for proc in (celery_procs.worker(var_dir()), celery_procs.beat(var_dir())):
+        action = proc.ensure_running()
+        proc.wait_ready()
+        print(f"  {proc.name:<13} {'-':<24} {action} (pid {proc.pid()})", flush=True)
+    states = haproxy.wait_all_up(ALL_UP_TIMEOUT)
+    print("  haproxy sees  " + ", ".join(f"{name} {st}" for name, st in sorted(states.items())))
+    data.update(_site_urls(haproxy))
+
+
+def _simulate_once(data: dict[str, Any]) -> None:
+    """The first `up` uploads a few batches per demo device, so there is data to look at."""
+    print("simulation:", flush=True)
+    result = simulate(data["url"], data.get("demo_devices") or [], batches=SIMULATED_BATCHES)
+    print(
+        f"  {result.batches_accepted}/{result.batches_sent} batches accepted "
+        f"({result.readings_accepted} readings) from {result.devices} demo devices with a token"
+    )
+    if result.batches_sent and result.batches_accepted == result.batches_sent:
+        data["simulation"] = {
+            "batches": result.batches_accepted,
+            "readings": result.readings_accepted,
+        }
+        state.save(state_file(), data)
 
 
 def _print_summary(data: dict[str, Any]) -> None:
@@ -135,6 +227,12 @@ def _print_summary(data: dict[str, Any]) -> None:
         print(f"  {alias:<10} postgres {shard['host']}:{shard['port']}/{shard['db']}")
     print(f"  redis      {data['redis']}")
     print(f"  DB login   {lc.DB_USER} / {lc.DB_PASSWORD}")
+    for node_url in data.get("app_nodes") or []:
+        print(f"  app node   {node_url}")
+    print(f"  site       {data['url']}")
+    print(f"  admin      {data['admin_url']}")
+    print(f"  API docs   {data['api_docs_url']}")
+    print(f"  HAProxy    {data['stats_url']}  ({data['stats_user']} / {data['stats_password']})")
     where = shown(logs) + (f" (-> {real_logs})" if real_logs != logs else "")
     print(f"  logs       {where}")
     print(f"  state      {shown(state_file())}")
@@ -146,6 +244,7 @@ def _print_summary(data: dict[str, Any]) -> None:
     else:
         print("  admin      not seeded yet (manage.py seed_demo has not run)")
     print("Run a management command: .venv/bin/python manage.py cluster_status")
+    print("Reload the app nodes:     .venv/bin/python -m cluster reload")
     print("Stop everything:          .venv/bin/python -m cluster down")
 
 
@@ -165,8 +264,23 @@ def _all_postgres_instances() -> list[PostgresInstance]:
 
 
 def down() -> int:
-    """Stop only what `up` started from this var/; idempotent."""
+    """Stop only what `up` started from this var/, front to back; idempotent."""
     stopped = 0
+    haproxy = haproxy_instance(state.load(state_file()))
+    pid = haproxy.pid()
+    if haproxy.stop():
+        print(f"stopped haproxy (pid {pid})")
+        stopped += 1
+    for node in [*configured_app_nodes(), *stale_app_nodes()]:
+        pid = node.pid()
+        if node.stop():
+            print(f"stopped {node.name} (uwsgi master pid {pid or 'gone'})")
+            stopped += 1
+    for proc in (celery_procs.beat(var_dir()), celery_procs.worker(var_dir())):
+        pid = proc.pid()
+        if proc.stop():
+            print(f"stopped {proc.name} (pid {pid or 'gone'})")
+            stopped += 1
     redis = redis_instance()
     pid = redis.pid()
     if redis.stop():
@@ -197,6 +311,22 @@ def status() -> int:
     rows.append(
         ("redis", "redis", str(redis.port), str(redis.pid() or "-"), _yes(redis.is_ready()))
     )
+    # `inspect ping` takes seconds (it starts Celery); run it while the rest is checked.
+    worker, beat = celery_procs.worker(var_dir()), celery_procs.beat(var_dir())
+    worker_answers: list[bool] = []
+    ping = threading.Thread(target=lambda: worker_answers.append(worker.answers()))
+    ping.start()
+    for node in configured_app_nodes():
+        rows.append(
+            (node.name, "uwsgi", str(node.port), str(node.pid() or "-"), _yes(node.is_ready()))
+        )
+    haproxy = haproxy_instance(state.load(state_file()))
+    answers = haproxy.frontend_ready() and haproxy.stats_ready()
+    ports = f"{haproxy.http_port},{haproxy.stats_port}"
+    rows.append(("haproxy", "haproxy", ports, str(haproxy.pid() or "-"), _yes(answers)))
+    ping.join()
+    rows.append((worker.name, "celery", "-", str(worker.pid() or "-"), _yes(any(worker_answers))))
+    rows.append((beat.name, "celery", "-", str(beat.pid() or "-"), _yes(beat.answers())))
 
     header = ("NAME", "KIND", "PORT", "PID", "ANSWERS")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
@@ -211,21 +341,75 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
+# -- reload / simulate ----------------------------------------------------------
+
+
+def reload() -> int:
+    """Graceful reload of every app node (`r` to its master fifo), e.g. after a code change.
+
+    One node at a time, each back in HAProxy's rotation before the next, so the site
+    stays up throughout.
+    """
+    haproxy = haproxy_instance(state.load(state_file()))
+    balanced = haproxy.pid() is not None
+    for node in configured_app_nodes():
+        if not node.reload():
+            print(f"{node.name}: not running")
+            continue
+        if balanced:
+            haproxy.wait_all_up(ALL_UP_TIMEOUT, names=[node.name])
+        print(f"{node.name}: reloaded{' and back in rotation' if balanced else ''}", flush=True)
+    return 0
+
+
+def simulate_command(seconds: float | None) -> int:
+    """Demo devices upload through HAProxy; exit 1 unless every batch was accepted."""
+    data = state.load(state_file())
+    url = data.get("url") or f"http://{lc.HOST}:{lc.HTTP_PORT}/"
+    result = simulate(
+        url, data.get("demo_devices") or [], batches=SIMULATED_BATCHES, seconds=seconds
+    )
+    print(
+        f"{result.batches_accepted}/{result.batches_sent} batches accepted "
+        f"({result.readings_accepted} readings) from {result.devices} demo devices with a token"
+    )
+    if result.devices == 0:
+        print("no demo device tokens in var/cluster.json (they exist only for the first `up`)")
+    return 0 if result.batches_sent and result.batches_accepted == result.batches_sent else 1
+
+
 # -- entry point ----------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m cluster", description="Run the local sharded cluster (PostgreSQL + Redis)."
+        prog="python -m cluster",
+        description="Run the local sharded cluster: PostgreSQL, Redis, uWSGI nodes behind "
+        "HAProxy, Celery worker and beat.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("up", help="start everything, migrate and seed demo data (idempotent)")
     commands.add_parser("down", help="stop what `up` started")
     commands.add_parser("status", help="show each component; exit 3 unless all answer")
+    commands.add_parser("reload", help="gracefully reload every app node (new code)")
+    sim = commands.add_parser("simulate", help="demo devices upload batches through HAProxy")
+    sim.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="keep uploading (one batch per device per second) for this long; "
+        f"default: {SIMULATED_BATCHES} batches per device",
+    )
     args = parser.parse_args(argv)
-    handler = {"up": up, "down": down, "status": status}[args.command]
+    handlers = {
+        "up": up,
+        "down": down,
+        "status": status,
+        "reload": reload,
+        "simulate": lambda: simulate_command(args.seconds),
+    }
     try:
-        return handler()
+        return handlers[args.command]()
     except ClusterError as exc:
         print(f"cluster {args.command}: error: {exc}", file=sys.stderr)
         return 1
