@@ -16,7 +16,7 @@ from cluster.ports import port_in_use
 from cluster.util import (
     ClusterError,
     http_get,
-    pids_with_arg,
+    pids_with_marker,
     read_pid,
     runs_with_arg,
     tail,
@@ -113,7 +113,7 @@ class AppNode:
         if not binary.exists():
             raise ClusterError(f"{binary} not found; run bin/bootstrap (pip installs uwsgi)")
         # Workers left behind by a master that was killed hold the port: they are ours.
-        leftovers = terminate(pids_with_arg(self._own_arg()), STOP_TIMEOUT, self._own_arg())
+        leftovers = terminate(pids_with_marker(self._own_arg()), STOP_TIMEOUT, self._own_arg())
         if leftovers:
             raise ClusterError(f"{self.name}: old processes {leftovers} do not exit")
         if port_in_use(self.port, self.host):
@@ -154,7 +154,7 @@ class AppNode:
     def worker_pids(self) -> list[int]:
         """This node's processes other than the master."""
         master = self.pid()
-        return [pid for pid in pids_with_arg(self._own_arg()) if pid != master]
+        return [pid for pid in pids_with_marker(self._own_arg()) if pid != master]
 
     def reload(self, timeout: float = START_TIMEOUT) -> bool:
         """Graceful reload via the master fifo (`r`), waiting until it serves again.
@@ -204,12 +204,12 @@ class AppNode:
         """
         own_arg = self._own_arg()
         master = self.pid()
-        if master is None and not pids_with_arg(own_arg):
+        if master is None and not pids_with_marker(own_arg):
             return False
         if master is not None:
             # The master first, so it does not respawn the workers we signal.
             terminate([master], STOP_TIMEOUT, own_arg)
-        leftovers = terminate(pids_with_arg(own_arg), STOP_TIMEOUT, own_arg)
+        leftovers = terminate(pids_with_marker(own_arg), STOP_TIMEOUT, own_arg)
         if leftovers:
             raise ClusterError(f"{self.name}: processes {leftovers} did not exit")
         self.pid_file.unlink(missing_ok=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cluster.util import (
     ClusterError,
-    pids_with_arg,
+    pids_with_marker,
     read_pid,
     runs_with_arg,
     tail,
@@ -127,7 +127,7 @@ class CeleryProcess:
         if not binary.exists():
             raise ClusterError(f"{binary} not found; run bin/bootstrap")
         # Pool children of a worker whose main process died would still take tasks.
-        if terminate(pids_with_arg(self._own_arg()), STOP_TIMEOUT, self._own_arg()):
+        if terminate(pids_with_marker(self._own_arg()), STOP_TIMEOUT, self._own_arg()):
             raise ClusterError(f"{self.name}: old processes do not exit")
         for path in (self.pid_file, self.log_file):
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,13 +161,13 @@ class CeleryProcess:
         """SIGTERM (warm shutdown), SIGKILL after STOP_TIMEOUT. True if it was running."""
         own_arg = self._own_arg()
         main = self.pid()
-        pids = pids_with_arg(own_arg)
+        pids = pids_with_marker(own_arg)
         if main is None and not pids:
             self.pid_file.unlink(missing_ok=True)
             return False
         if main is not None:
             terminate([main], STOP_TIMEOUT, own_arg)
-        if terminate(pids_with_arg(own_arg), STOP_TIMEOUT, own_arg):
+        if terminate(pids_with_marker(own_arg), STOP_TIMEOUT, own_arg):
             raise ClusterError(f"{self.name}: processes did not exit")
         self.pid_file.unlink(missing_ok=True)
         return True

@@ -141,8 +141,8 @@ def runs_with_arg(pid: int, arg: str) -> bool:
     return arguments is not None and arg.encode() in arguments
 
 
-def pids_with_arg(arg: str) -> list[int]:
-    """Live processes with `arg` (e.g. a config path under var/) on their command line.
+def pids_with_marker(arg: str) -> list[int]:
+    """Live processes with the marker `arg` (a config path under var/) as an argument.
 
     Finds what a pid file no longer names: uWSGI workers orphaned by a killed master,
     prefork children of a Celery worker. The arg is an absolute path inside this
