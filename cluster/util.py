@@ -152,21 +152,32 @@ def pids_with_marker(arg: str) -> list[int]:
     return sorted(pid for pid in pids if pid != os.getpid() and runs_with_arg(pid, arg))
 
 
+def exited(pid: int) -> bool:
+    """True once `pid` is gone or a zombie.
+
+    Not the same as losing its command line: the kernel frees a process's memory (and so
+    its cmdline) before it closes its files, so a listening socket can outlive the cmdline.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
+
+
 def terminate(pids: Sequence[int], timeout: float, arg: str) -> list[int]:
     """SIGTERM `pids`, wait up to `timeout`, SIGKILL what is left. Returns the pids still alive.
 
-    A pid is only signalled while `arg` is still on its command line, so a pid reused by
-    an unrelated process in the meantime is left alone.
+    Only pids that still have `arg` on their command line are signalled, so a pid reused
+    by an unrelated process is left alone; those are then waited for until they have
+    fully exited (sockets closed), not just until their command line is gone.
     """
-
-    def alive(pid: int) -> bool:
-        return runs_with_arg(pid, arg)
-
+    ours = [pid for pid in pids if runs_with_arg(pid, arg)]
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            if alive(pid):
+        for pid in ours:
+            if not exited(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
-        if wait_for(lambda: not any(alive(pid) for pid in pids), timeout=timeout):
+        if wait_for(lambda: all(exited(pid) for pid in ours), timeout=timeout):
             return []
-    return [pid for pid in pids if alive(pid)]
+    return [pid for pid in ours if not exited(pid)]
