@@ -11,6 +11,8 @@ from collections.abc import Callable
 from django.http import HttpRequest, HttpResponse
 
 logger = logging.getLogger("fleet.requests")
+# HAProxy probes every node several times a second; logging that would drown the rest.
+UNLOGGED_PATHS = frozenset({"/healthz"})
 
 
 class RequestLogMiddleware:
@@ -20,6 +22,8 @@ class RequestLogMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         started = time.perf_counter()
         response = self.get_response(request)
+        if request.path in UNLOGGED_PATHS:
+            return response
         logger.info(
             "%s %s %s %.1fms device=%s shard=%s",
             request.method,

@@ -35,3 +35,11 @@ def test_readyz_reports_a_broker_that_is_down(shards, settings):
     finally:
         app.conf.broker_url = settings.CELERY_BROKER_URL
     assert body["ready"] is False and body["broker"]["ok"] is False
+
+
+def test_health_probes_are_not_request_logged(shards, caplog):
+    with caplog.at_level("INFO", logger="fleet.requests"):
+        Client().get("/healthz")
+        Client().get("/readyz")
+    logged = [r.getMessage().split()[1] for r in caplog.records if r.name == "fleet.requests"]
+    assert logged == ["/readyz"]
