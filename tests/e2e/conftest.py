@@ -1,0 +1,203 @@
+"""A whole cluster of its own for end-to-end and fault tests, driven over HTTP.
+
+The tests kill app nodes, stop databases and Redis, so they never touch the
+developer's cluster: `python -m cluster up` runs with its own var directory
+(var/e2e) and ports, and `down` runs at the end even when a test failed. Its
+processes get UPLOAD_SWEEP_AFTER_SECONDS=5 so lost imports come back quickly.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import closing, suppress
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg2
+import pytest
+
+from cluster.util import pids_with_marker
+from core import local_cluster
+from tests.e2e.device_load import DeviceRecord, batch_body, post_upload
+
+E2E_VAR = local_cluster.REPO_ROOT / "var" / "e2e"
+E2E_ENV = {
+    "FLEET_VAR_DIR": str(E2E_VAR),
+    "FLEET_DIRECTORY_PORT": "56432",
+    "FLEET_SHARD_1_PORT": "56433",
+    "FLEET_SHARD_2_PORT": "56434",
+    "FLEET_REDIS_PORT": "57379",
+    "FLEET_HTTP_PORT": "58000",
+    "FLEET_STATS_PORT": "58404",
+    "FLEET_APP_PORTS": "58001,58002",
+    "UPLOAD_SWEEP_AFTER_SECONDS": "5",
+}
+DEVICES_PER_SHARD = 3
+WARM_BATCH = -1
+
+
+@dataclass
+class E2ECluster:
+    env: dict[str, str]
+    info: dict[str, Any]
+
+    @property
+    def url(self) -> str:
+        return self.info["url"].rstrip("/")
+
+    def tool(self, *args: str, timeout: float = 600) -> str:
+        """Run `python -m cluster ARGS` against this cluster; fail with its output."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "cluster", *args],
+            cwd=local_cluster.REPO_ROOT, env=self.env, capture_output=True, text=True,
+            timeout=timeout, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, f"cluster {args} failed:\n{proc.stdout}\n{proc.stderr}"
+        return proc.stdout
+
+    def up(self) -> None:
+        self.tool("up")
+
+    def pids(self, marker: str) -> list[int]:
+        return pids_with_marker(marker)
+
+    def kill(self, marker: str) -> list[int]:
+        """SIGKILL every process whose command line names `marker` (a node and its workers)."""
+        pids = self.pids(marker)
+        for pid in pids:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return pids
+
+    def app_marker(self, n: int) -> str:
+        return str(E2E_VAR / "run" / f"app-{n}.ini")
+
+    def stats_csv(self) -> list[dict[str, str]]:
+        import base64
+        import http.client
+
+        host, port = "127.0.0.1", int(E2E_ENV["FLEET_STATS_PORT"])
+        auth = base64.b64encode(
+            f"{self.info['stats_user']}:{self.info['stats_password']}".encode()
+        ).decode()
+        with closing(http.client.HTTPConnection(host, port, timeout=2)) as connection:
+            connection.request("GET", "/;csv", headers={"Authorization": f"Basic {auth}"})
+            text = connection.getresponse().read().decode()
+        header, *rows = [line for line in text.splitlines() if line]
+        names = header.lstrip("# ").split(",")
+        return [dict(zip(names, row.split(","), strict=False)) for row in rows]
+
+    def server_status(self, server: str) -> str:
+        for row in self.stats_csv():
+            if row.get("svname") == server:
+                return row.get("status", "")
+        return "missing"
+
+    # Stored data, read from outside the application ----------------------------
+
+    def connect(self, port: int, db: str):
+        return psycopg2.connect(
+            host="127.0.0.1", port=port, dbname=db,
+            user=local_cluster.DB_USER, password=local_cluster.DB_PASSWORD, connect_timeout=5,
+        )  # fmt: skip
+
+    def placements(self) -> dict[int, str]:
+        directory = self.info["directory"]
+        with (
+            closing(self.connect(directory["port"], directory["db"])) as conn,
+            conn.cursor() as cur,
+        ):
+            cur.execute("SELECT device_id, shard_id FROM core_placement")
+            return dict(cur.fetchall())
+
+    def per_shard(self, sql: str) -> dict[str, list[tuple]]:
+        rows = {}
+        for alias, shard in self.info["shards"].items():
+            with closing(self.connect(shard["port"], shard["db"])) as conn, conn.cursor() as cur:
+                cur.execute(sql)
+                rows[alias] = cur.fetchall()
+        return rows
+
+    def readings_by_device(self) -> dict[str, dict[int, int]]:
+        sql = "SELECT device_id, count(*) FROM shards_reading GROUP BY device_id"
+        return {alias: dict(rows) for alias, rows in self.per_shard(sql).items()}
+
+    def staged_uploads(self) -> int:
+        sql = "SELECT count(*) FROM shards_upload WHERE status = 'staged'"
+        return sum(rows[0][0] for rows in self.per_shard(sql).values())
+
+    def wait_all_imported(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while (staged := self.staged_uploads()) > 0:
+            assert time.monotonic() < deadline, f"{staged} uploads still staged after {timeout}s"
+            time.sleep(1)
+
+    def assert_exactly_once(self, devices: list[DeviceRecord]) -> dict[str, int]:
+        """Every acknowledged reading stored once, on the device's current shard only."""
+        self.wait_all_imported()
+        placement = self.placements()
+        stored = self.readings_by_device()
+        summary = {"acknowledged": 0, "stored": 0}
+        for device in devices:
+            home = placement[device.device_id]
+            elsewhere = {a: c for a, c in stored.items() if a != home and c.get(device.device_id)}
+            assert not elsewhere, f"device {device.device_id} has readings off {home}: {elsewhere}"
+            count = stored[home].get(device.device_id, 0)
+            assert count == device.readings_acknowledged, (device.device_id, count)
+            summary["acknowledged"] += device.readings_acknowledged
+            summary["stored"] += count
+        return summary
+
+
+@pytest.fixture(scope="session")
+def e2e_cluster() -> Iterator[E2ECluster]:
+    env = {**os.environ, **E2E_ENV}
+    cluster = E2ECluster(env=env, info={})
+    try:
+        cluster.up()
+        cluster.info = json.loads((E2E_VAR / "cluster.json").read_text())
+        yield cluster
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "cluster", "down"], cwd=local_cluster.REPO_ROOT, env=env,
+            capture_output=True, timeout=300, check=False,
+        )  # fmt: skip
+
+
+def enroll(cluster: E2ECluster, serial: str) -> DeviceRecord:
+    import http.client
+
+    body = json.dumps({"provisioning_key": cluster.info["provisioning_key"], "serial": serial})
+    port = int(E2E_ENV["FLEET_HTTP_PORT"])
+    with closing(http.client.HTTPConnection("127.0.0.1", port, timeout=10)) as connection:
+        connection.request(
+            "POST", "/api/v1/device/enroll", body=body, headers={"Content-Type": "application/json"}
+        )
+        response = connection.getresponse()
+        data = json.loads(response.read())
+    assert response.status == 201, data
+    return DeviceRecord(device_id=data["device_id"], token=data["token"])
+
+
+@pytest.fixture
+def fleet(e2e_cluster: E2ECluster, request) -> dict[str, list[DeviceRecord]]:
+    """Freshly enrolled devices, grouped by the shard they landed on (both shards used)."""
+    prefix = f"{request.node.name[:40]}-{time.time_ns()}"
+    devices = [enroll(e2e_cluster, f"{prefix}-{i}") for i in range(2 * DEVICES_PER_SHARD)]
+    placement = e2e_cluster.placements()
+    by_shard: dict[str, list[DeviceRecord]] = {}
+    for device in devices:
+        by_shard.setdefault(placement[device.device_id], []).append(device)
+    assert len(by_shard) == 2, f"devices did not spread over both shards: {by_shard.keys()}"
+    # One acknowledged batch each (numbered -1), so tokens and placements are cached.
+    for device in devices:
+        status, data, error = post_upload(
+            e2e_cluster.url, device.token, batch_body(device.device_id, WARM_BATCH)
+        )
+        assert status == 202, (status, data, error)
+        device.acknowledged[WARM_BATCH] = data["upload_id"]
+    return by_shard
