@@ -21,6 +21,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 WARM_UP = 3.0
 
 
+def report(capsys, message: str) -> None:
+    """Measurements go to the terminal (and CI's log) even when the test passes."""
+    with capsys.disabled():
+        print(message, flush=True)
+
+
 def everyone(fleet: dict[str, list[DeviceRecord]]) -> list[DeviceRecord]:
     return [device for devices in fleet.values() for device in devices]
 
@@ -33,7 +39,7 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05) -> fl
     return time.monotonic()
 
 
-def test_killed_app_node_fails_only_in_flight_requests(e2e_cluster: E2ECluster, fleet):
+def test_killed_app_node_fails_only_in_flight_requests(e2e_cluster: E2ECluster, fleet, capsys):
     devices = everyone(fleet)
     load = DeviceLoad(e2e_cluster.url, devices).start()
     try:
@@ -51,9 +57,10 @@ def test_killed_app_node_fails_only_in_flight_requests(e2e_cluster: E2ECluster, 
     failures = load.failures()
     after_detection = [f for f in failures if f.at > detected_at + 0.5]
     summary = e2e_cluster.assert_exactly_once(devices)
-    print(
+    report(
+        capsys,
         f"\napp node kill: detection {detection:.2f}s, failed attempts {len(failures)}"
-        f" (after detection {len(after_detection)}), attempts {len(load.attempts)}, {summary}"
+        f" (after detection {len(after_detection)}), attempts {len(load.attempts)}, {summary}",
     )
     assert not load.unexpected, load.unexpected
     assert detection <= 2.0, f"HAProxy took {detection:.2f}s to take the dead node out"
@@ -70,7 +77,7 @@ def shard_instance(alias: str) -> PostgresInstance:
     return PostgresInstance(alias, port, E2E_VAR / "pg", E2E_VAR / "log")
 
 
-def test_stopped_shard_answers_503_and_the_other_shard_carries_on(e2e_cluster, fleet):
+def test_stopped_shard_answers_503_and_the_other_shard_carries_on(e2e_cluster, fleet, capsys):
     victims = {d.device_id for d in fleet["shard_1"]}
     bystanders = {d.device_id for d in fleet["shard_2"]}
     instance = shard_instance("shard_1")
@@ -97,10 +104,11 @@ def test_stopped_shard_answers_503_and_the_other_shard_carries_on(e2e_cluster, f
         a for a in load.attempts if a.device_id in victims and stopped_at < a.at < restarted_at
     ]
     summary = e2e_cluster.assert_exactly_once(everyone(fleet))
-    print(
+    report(
+        capsys,
         f"\nshard stop: shard_1 devices failed {len(victim_failures)} attempts (all 503:"
         f" {all(f.status == 503 for f in victim_failures)}), shard_2 devices failed"
-        f" {len(load.failures(bystanders))}, full service {recovery:.2f}s after restart, {summary}"
+        f" {len(load.failures(bystanders))}, full service {recovery:.2f}s after restart, {summary}",
     )
     assert not load.unexpected, load.unexpected
     assert load.failures(bystanders) == []
@@ -110,7 +118,7 @@ def test_stopped_shard_answers_503_and_the_other_shard_carries_on(e2e_cluster, f
     assert recovery <= 5.0
 
 
-def test_killed_celery_worker_loses_and_doubles_nothing(e2e_cluster, fleet):
+def test_killed_celery_worker_loses_and_doubles_nothing(e2e_cluster, fleet, capsys):
     devices = everyone(fleet)
     load = DeviceLoad(e2e_cluster.url, devices).start()
     try:
@@ -124,16 +132,17 @@ def test_killed_celery_worker_loses_and_doubles_nothing(e2e_cluster, fleet):
     finally:
         load.stop()
     summary = e2e_cluster.assert_exactly_once(devices)
-    print(
+    report(
+        capsys,
         f"\nworker kill: killed {len(killed)} processes, {staged_while_down} uploads staged"
-        f" while it was down, failed attempts {len(load.failures())}, {summary}"
+        f" while it was down, failed attempts {len(load.failures())}, {summary}",
     )
     assert not load.unexpected, load.unexpected
     assert load.failures() == []
     assert staged_while_down > 0
 
 
-def test_uploads_are_accepted_while_redis_is_down(e2e_cluster, fleet):
+def test_uploads_are_accepted_while_redis_is_down(e2e_cluster, fleet, capsys):
     devices = everyone(fleet)
     pid_file = E2E_VAR / "run" / "redis.pid"
     load = DeviceLoad(e2e_cluster.url, devices).start()
@@ -151,9 +160,10 @@ def test_uploads_are_accepted_while_redis_is_down(e2e_cluster, fleet):
     finally:
         load.stop()
     summary = e2e_cluster.assert_exactly_once(devices)  # waits for the sweeper's imports
-    print(
+    report(
+        capsys,
         f"\nredis stop: {accepted_while_down} uploads accepted while it was down,"
-        f" {staged_while_down} staged then, failed attempts {len(load.failures())}, {summary}"
+        f" {staged_while_down} staged then, failed attempts {len(load.failures())}, {summary}",
     )
     assert not load.unexpected, load.unexpected
     assert accepted_while_down > 0
