@@ -134,8 +134,8 @@ def _arguments(pid: int) -> list[bytes] | None:
 def runs_with_arg(pid: int, arg: str) -> bool:
     """True if process `pid` is alive and `arg` is one of its command-line arguments.
 
-    A whole argument, not a substring: /srv/work/main/var/run/app-1.ini must not match
-    a marker /work/main/var/run/app-1.ini of another checkout.
+    A whole argument, not a substring: /srv/a/checkout/var/run/app-1.ini must not match
+    a marker /a/checkout/var/run/app-1.ini of another checkout.
     """
     arguments = _arguments(pid)
     return arguments is not None and arg.encode() in arguments
