@@ -13,11 +13,11 @@ from pathlib import Path
 from string import Template
 
 from cluster.ports import port_in_use
+from cluster.process import VarProcess
 from cluster.util import (
     ClusterError,
     http_get,
     pids_with_marker,
-    read_pid,
     runs_with_arg,
     tail,
     terminate,
@@ -42,7 +42,7 @@ def uwsgi_binary() -> Path:
 
 
 @dataclass(frozen=True)
-class AppNode:
+class AppNode(VarProcess):
     """App node `index` (1-based) listening on `port`, with its files under `var`."""
 
     index: int
@@ -63,16 +63,8 @@ class AppNode:
         return self.var / "run" / f"{self.name}.ini"
 
     @property
-    def pid_file(self) -> Path:
-        return self.var / "run" / f"{self.name}.pid"
-
-    @property
     def fifo(self) -> Path:
         return self.var / "run" / f"{self.name}.fifo"
-
-    @property
-    def log_file(self) -> Path:
-        return self.var / "log" / f"{self.name}.log"
 
     # -- config ------------------------------------------------------------------
 
@@ -83,12 +75,7 @@ class AppNode:
     # -- process -----------------------------------------------------------------
 
     def _own_arg(self) -> str:
-        return str(self.ini_file)
-
-    def pid(self) -> int | None:
-        """The master's pid from our pid file, if it is alive and runs our ini."""
-        pid = read_pid(self.pid_file)
-        return pid if pid is not None and runs_with_arg(pid, self._own_arg()) else None
+        return str(self.ini_file)  # the master and its workers all run with our ini
 
     def is_ready(self) -> bool:
         """GET /healthz on the node itself answers 200."""

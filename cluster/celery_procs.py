@@ -11,11 +11,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from cluster.process import VarProcess
 from cluster.util import (
     ClusterError,
     pids_with_marker,
-    read_pid,
-    runs_with_arg,
     tail,
     terminate,
     wait_for,
@@ -41,7 +40,7 @@ def celery_env() -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class CeleryProcess:
+class CeleryProcess(VarProcess):
     """One detached `celery -A core <kind>` process: 'worker' or 'beat'."""
 
     kind: str
@@ -50,14 +49,6 @@ class CeleryProcess:
     @property
     def name(self) -> str:
         return f"celery-{self.kind}"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.var / "run" / f"{self.name}.pid"
-
-    @property
-    def log_file(self) -> Path:
-        return self.var / "log" / f"{self.name}.log"
 
     @property
     def schedule_file(self) -> Path:
@@ -88,13 +79,6 @@ class CeleryProcess:
             *("-A", "core", "beat", "--schedule", str(self.schedule_file)),
             *common,
         ]
-
-    def _own_arg(self) -> str:
-        return str(self.pid_file)
-
-    def pid(self) -> int | None:
-        pid = read_pid(self.pid_file)
-        return pid if pid is not None and runs_with_arg(pid, self._own_arg()) else None
 
     def answers(self) -> bool:
         """Worker: it answers `inspect ping`. Beat has no such channel: its pid is alive."""

@@ -1,0 +1,32 @@
+"""What every long-running process of ours shares: its files under var/ and its pid check."""
+
+from pathlib import Path
+
+from cluster.util import read_pid, runs_with_arg
+
+
+class VarProcess:
+    """A process known by `name`, with var/run/<name>.pid and var/log/<name>.log.
+
+    Subclasses are dataclasses with a `var` field and a `name` property.
+    """
+
+    var: Path
+    name: str
+
+    @property
+    def pid_file(self) -> Path:
+        return self.var / "run" / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.var / "log" / f"{self.name}.log"
+
+    def _own_arg(self) -> str:
+        """A command-line argument that only this process of this checkout has."""
+        return str(self.pid_file)
+
+    def pid(self) -> int | None:
+        """The pid from our pid file, if that process is alive and is ours."""
+        pid = read_pid(self.pid_file)
+        return pid if pid is not None and runs_with_arg(pid, self._own_arg()) else None
