@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db import connections
 
 
-def test_process_env() -> dict[str, str]:
+def child_process_env() -> dict[str, str]:
     directory = connections.settings["default"]
     url = (
         f"postgres://{directory['USER']}:{directory['PASSWORD']}@{directory['HOST']}:"

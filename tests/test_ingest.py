@@ -27,7 +27,7 @@ from shards.ingest import (
 )
 from shards.models import DeviceStatus, LatestValue, Reading, Upload
 from tests.factories import T0, make_device
-from tests.process_env import test_process_env
+from tests.process_env import child_process_env
 from tests.querylog import queries_by_alias
 from tests.worker import CeleryWorker
 
@@ -287,7 +287,7 @@ def stage_with_broker_down(device_id: int, batch_id: str) -> dict:
         " [{'ts': T0, 'metric': 'temp', 'value': 20.5}])\n"
         "print(json.dumps({'id': staged.upload.pk, 'created': staged.created}))\n"
     )
-    env = {**test_process_env(), "CELERY_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    env = {**child_process_env(), "CELERY_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
     started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-c", script],

@@ -21,7 +21,7 @@ from routers.fanout import fan_out
 from routers.registry import serving_shards, unregister_shard_connection
 from shards.models import Reading
 from tests.factories import make_device, reading_times
-from tests.process_env import test_process_env
+from tests.process_env import child_process_env
 from tests.querylog import queries_by_alias
 
 pytestmark = pytest.mark.slow
@@ -49,7 +49,7 @@ def test_third_shard_registered_at_run_time_receives_new_devices(shards, third_i
     proc = subprocess.run(
         [sys.executable, "manage.py", "register_shard", "shard_3", "--host", "127.0.0.1",
          "--port", str(third_instance.port), "--db-name", DB_NAME],
-        cwd=local_cluster.REPO_ROOT, env=test_process_env(), capture_output=True, text=True,
+        cwd=local_cluster.REPO_ROOT, env=child_process_env(), capture_output=True, text=True,
         timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr

@@ -19,7 +19,7 @@ import redis
 from django.conf import settings
 
 from core import local_cluster
-from tests.process_env import test_process_env
+from tests.process_env import child_process_env
 
 CELERY = local_cluster.REPO_ROOT / ".venv" / "bin" / "celery"
 LOG_PATH = local_cluster.VAR_DIR / "log" / "test-worker.log"
@@ -57,7 +57,7 @@ class CeleryWorker:
         self.process = subprocess.Popen(
             command,
             cwd=local_cluster.REPO_ROOT,
-            env=test_process_env(),
+            env=child_process_env(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
