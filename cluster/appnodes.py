@@ -7,7 +7,6 @@ recognise our own processes (and only those) when stopping or cleaning up.
 
 import errno
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -114,21 +113,7 @@ class AppNode(VarProcess):
         self.fifo.unlink(missing_ok=True)
         self.ini_file.write_text(config)
         env = {**os.environ, "DJANGO_SETTINGS_MODULE": "core.settings"}
-        proc = subprocess.run(
-            [str(binary), "--ini", str(self.ini_file)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise ClusterError(
-                f"{self.name}: uwsgi exited {proc.returncode}: {proc.stderr.strip()}\n"
-                f"Last lines of {self.log_file}:\n{tail(self.log_file)}"
-            )
+        self.launch_daemon([str(binary), "--ini", str(self.ini_file)], env)
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         """Wait until the master is up and /healthz answers 200."""

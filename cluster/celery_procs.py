@@ -117,20 +117,7 @@ class CeleryProcess(VarProcess):
             path.parent.mkdir(parents=True, exist_ok=True)
         # A stale pid file makes celery refuse to start when its pid was reused.
         self.pid_file.unlink(missing_ok=True)
-        proc = subprocess.run(
-            self.command(),
-            cwd=REPO_ROOT,
-            env=celery_env(),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise ClusterError(
-                f"{self.name}: celery exited {proc.returncode}: {proc.stderr.strip()}"
-            )
+        self.launch_daemon(self.command(), celery_env())
         return "started"
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:

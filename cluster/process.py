@@ -1,8 +1,13 @@
 """What every long-running process of ours shares: its files under var/ and its pid check."""
 
+import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
-from cluster.util import read_pid, runs_with_arg
+from cluster.util import ClusterError, read_pid, runs_with_arg, tail
+from core.local_cluster import REPO_ROOT
+
+LAUNCH_TIMEOUT = 60
 
 
 class VarProcess:
@@ -30,3 +35,21 @@ class VarProcess:
         """The pid from our pid file, if that process is alive and is ours."""
         pid = read_pid(self.pid_file)
         return pid if pid is not None and runs_with_arg(pid, self._own_arg()) else None
+
+    def launch_daemon(self, command: Sequence[str], env: dict[str, str]) -> None:
+        """Run a command that daemonizes itself; fail with its stderr and the log's tail."""
+        proc = subprocess.run(
+            list(command),
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=LAUNCH_TIMEOUT,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise ClusterError(
+                f"{self.name}: {Path(command[0]).name} exited {proc.returncode}:"
+                f" {proc.stderr.strip()}\nLast lines of {self.log_file}:\n{tail(self.log_file)}"
+            )
