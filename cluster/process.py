@@ -1,10 +1,9 @@
 """What every long-running process of ours shares: its files under var/ and its pid check."""
 
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from cluster.util import ClusterError, read_pid, runs_with_arg, tail
+from cluster.util import ClusterError, read_pid, run, runs_with_arg, tail
 from core.local_cluster import REPO_ROOT
 
 LAUNCH_TIMEOUT = 60
@@ -38,13 +37,13 @@ class VarProcess:
 
     def launch_daemon(self, command: Sequence[str], env: dict[str, str]) -> None:
         """Run a command that daemonizes itself; fail with its stderr and the log's tail."""
-        proc = subprocess.run(
-            list(command),
-            cwd=REPO_ROOT,
+        # stdin gets EOF at once, so the daemon never holds the caller's terminal.
+        proc = run(
+            command,
+            what=f"{self.name}: start",
             env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
+            cwd=REPO_ROOT,
+            input_text="",
             timeout=LAUNCH_TIMEOUT,
             check=False,
         )
