@@ -13,7 +13,7 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from core.provisioning import EnrollmentError
-from routers.errors import ShardUnavailable, UnknownDevice
+from routers.errors import UnknownDevice
 from shards.commands import CommandError
 from shards.fence import DeviceMoved
 
@@ -86,5 +86,5 @@ def install_error_handlers(api: NinjaAPI) -> None:
         response["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response
 
-    for failure in (OperationalError, InterfaceError, ShardUnavailable, DeviceMoved):
+    for failure in (OperationalError, InterfaceError, DeviceMoved):
         api.add_exception_handler(failure, unavailable)

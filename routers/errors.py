@@ -17,14 +17,6 @@ class UnknownShard(RoutingError):
     """The shard alias is not in the registry (or is retired)."""
 
 
-class ShardUnavailable(RoutingError):
-    """A shard could not be reached; callers answer 503 rather than guess."""
-
-    def __init__(self, alias: str, cause: BaseException | None = None) -> None:
-        self.alias = alias
-        super().__init__(f"shard {alias!r} is unavailable: {cause}")
-
-
 class FanOutError(RoutingError):
     """One or more shards failed during a parallel cross-shard call."""
 

@@ -32,10 +32,6 @@ class ShardInfo:
     weight: int
 
     @property
-    def is_active(self) -> bool:
-        return self.state == "active"
-
-    @property
     def holds_data(self) -> bool:
         """Active and draining shards still own devices; retired ones own none."""
         return self.state != "retired"
@@ -117,11 +113,6 @@ def ensure_shard_connection(alias: str) -> None:
     shards = refresh_registry(force=True)
     if alias not in shards or not shards[alias].holds_data:
         raise UnknownShard(f"shard {alias!r} is not registered (or is retired)")
-
-
-def active_shards() -> list[str]:
-    """Shards that take new devices, sorted by alias."""
-    return sorted(alias for alias, info in refresh_registry().items() if info.is_active)
 
 
 def serving_shards() -> list[str]:
