@@ -340,6 +340,16 @@ def uploads_with_status(status: str) -> int:
     return sum(count_on(alias, sql) for alias in ("shard_1", "shard_2"))
 
 
+def no_transaction_in_flight() -> bool:
+    """No other session on either shard is still working: a COMMIT a killed worker had
+    already sent completes in PostgreSQL after the kill, so counts settle only then."""
+    sql = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND pid <> pg_backend_pid() AND state IS NOT NULL AND state <> 'idle'"
+    )
+    return all(count_on(alias, sql) == 0 for alias in ("shard_1", "shard_2"))
+
+
 @pytest.mark.slow
 def test_worker_killed_mid_backlog_loses_and_doubles_nothing(shards, celery_worker: CeleryWorker):
     uploads_per_device, readings_per_upload = 100, 500
@@ -362,15 +372,16 @@ def test_worker_killed_mid_backlog_loses_and_doubles_nothing(shards, celery_work
         celery_worker.start()
         wait_for(lambda: uploads_with_status("imported") >= 10, what="the import to begin")
         celery_worker.kill()
+        wait_for(no_transaction_in_flight, timeout=30, what="the killed worker's last commit")
         left = uploads_with_status("staged")
         assert 0 < left < total_uploads, "the kill did not land mid-backlog"
+        # Tasks the killed worker held are unacknowledged until the visibility timeout;
+        # the sweeper queues them again (and duplicates of the rest, which are harmless).
+        # It runs before the restart: a running worker would import some meanwhile.
+        assert sweep_staged_uploads("shard_1", 0) + sweep_staged_uploads("shard_2", 0) == left
     finally:
         if not celery_worker.running:
             celery_worker.start()
-
-    # Tasks the killed worker held are unacknowledged until the visibility timeout;
-    # the sweeper queues them again (and duplicates of the rest, which are harmless).
-    assert sweep_staged_uploads("shard_1", 0) + sweep_staged_uploads("shard_2", 0) == left
     wait_for(
         lambda: uploads_with_status("imported") == total_uploads,
         timeout=180,
