@@ -146,3 +146,100 @@ class ProvisioningKey(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class Rebalance(models.Model):
+    """One rebalance run: its plan, and whether it is running, stopped or finished."""
+
+    class State(models.TextChoices):
+        RUNNING = "running", "running"
+        STOPPING = "stopping", "stop requested"
+        STOPPED = "stopped", "stopped"
+        FINISHED = "finished", "finished"
+        FAILED = "failed", "failed"
+
+    class Cost(models.TextChoices):
+        DEVICES = "devices", "devices"
+        ROWS = "rows", "rows"
+        BYTES = "bytes", "bytes"
+
+    kind = models.CharField(
+        max_length=16, default="rebalance", help_text="rebalance, or drain:<alias> for a drain."
+    )
+    state = models.CharField(max_length=16, choices=State.choices, default=State.RUNNING)
+    cost = models.CharField(max_length=16, choices=Cost.choices, default=Cost.ROWS)
+    plan = models.JSONField(default=list, help_text="The planned moves, in order.")
+    loads_before = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.pk} ({self.state})"
+
+
+class MoveJob(models.Model):
+    """One device's move between shards, recorded phase by phase so a crash can be resumed.
+
+    Phases run in this order; each is recorded once its effects are durable:
+    created -> copying -> fenced -> verified -> activated -> switched -> released
+    -> done (source rows removed). Before `switched` a job can be rolled back;
+    from `switched` on it can only go forward.
+    """
+
+    class Phase(models.TextChoices):
+        CREATED = "created", "created"
+        COPYING = "copying", "bulk copy"
+        FENCED = "fenced", "source fenced"
+        VERIFIED = "verified", "verified"
+        ACTIVATED = "activated", "target active"
+        SWITCHED = "switched", "directory switched"
+        RELEASED = "released", "writers released (source rows await cleanup)"
+        DONE = "done", "done"
+        ROLLED_BACK = "rolled_back", "rolled back"
+        FAILED = "failed", "failed (rolled back)"
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="moves")
+    source = models.ForeignKey(Shard, on_delete=models.PROTECT, related_name="moves_out")
+    target = models.ForeignKey(Shard, on_delete=models.PROTECT, related_name="moves_in")
+    rebalance = models.ForeignKey(
+        Rebalance, on_delete=models.SET_NULL, null=True, blank=True, related_name="moves"
+    )
+    phase = models.CharField(max_length=16, choices=Phase.choices, default=Phase.CREATED)
+    epoch = models.PositiveIntegerField(help_text="The placement epoch the device gets on arrival.")
+    snapshot = models.TextField(blank=True, help_text="Source snapshot of the bulk copy.")
+    rows_copied = models.JSONField(default=dict, blank=True, help_text="Rows per table.")
+    verification = models.JSONField(default=dict, blank=True)
+    stall_ms = models.FloatField(
+        null=True, blank=True, help_text="How long writers were held: the fenced window."
+    )
+    requested_by = models.CharField(max_length=100, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    fenced_at = models.DateTimeField(null=True, blank=True)
+    switched_at = models.DateTimeField(null=True, blank=True)
+    cleanup_after = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    UNSWITCHED = (Phase.CREATED, Phase.COPYING, Phase.FENCED, Phase.VERIFIED, Phase.ACTIVATED)
+    IN_FLIGHT = (*UNSWITCHED, Phase.SWITCHED)
+    FINAL = (Phase.DONE, Phase.ROLLED_BACK, Phase.FAILED)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["device"],
+                condition=models.Q(
+                    phase__in=["created", "copying", "fenced", "verified", "activated", "switched"]
+                ),
+                name="one_move_in_flight_per_device",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"move {self.pk}: device {self.device_id} {self.source_id}->{self.target_id}"

@@ -34,6 +34,7 @@ class DeviceFence(models.Model):
     class State(models.TextChoices):
         PENDING = "pending", "pending (being copied here)"
         ACTIVE = "active", "active (this shard owns the device)"
+        COPYING = "copying", "copying (owned here; a move is copying it; no deletes)"
         FENCED = "fenced", "fenced (a move is finishing)"
         MOVED = "moved", "moved (another shard owns the device)"
 
