@@ -97,6 +97,13 @@ SHARD_REGISTRY_TTL = float(os.environ.get("SHARD_REGISTRY_TTL", "5"))
 # In-process placement cache lifetime; a stale entry is caught by the shard's fence.
 PLACEMENT_LOCAL_TTL = float(os.environ.get("PLACEMENT_LOCAL_TTL", "30"))
 PLACEMENT_REDIS_TTL = int(os.environ.get("PLACEMENT_REDIS_TTL", "3600"))
+# How long a write waits for a device that a move has fenced before giving up (503).
+FENCE_WAIT_SECONDS = float(os.environ.get("FENCE_WAIT_SECONDS", "20"))
+# A moved device's rows stay on its old shard this long, so readers with a stale
+# cached placement still find them; must exceed every cache lifetime above.
+MOVE_CLEANUP_GRACE_SECONDS = float(os.environ.get("MOVE_CLEANUP_GRACE_SECONDS", "120"))
+# Test hook for crash injection: the mover kills itself (SIGKILL) after this phase.
+MOVE_CRASH_AFTER = os.environ.get("FLEET_MOVE_CRASH_AFTER", "")
 # Threads used to query shards in parallel for cross-shard reads.
 FANOUT_MAX_WORKERS = int(os.environ.get("FANOUT_MAX_WORKERS", "8"))
 
@@ -151,6 +158,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "shards.tasks.sweep_staged_uploads",
         "schedule": 30.0,
         "options": {"expires": 30},
+    },
+    "clean-up-moved-devices": {
+        "task": "shards.tasks.clean_up_moved_devices",
+        "schedule": 60.0,
+        "options": {"expires": 60},
     },
 }
 

@@ -1,18 +1,23 @@
 """The per-device fence: how writes stay correct while a device moves between shards.
 
 Every write for a device runs inside a transaction on the device's shard that
-first takes the device's fence row FOR SHARE and checks that it is active. A
-mover fences the row (FOR UPDATE, then state 'moved') so in-flight writers
-finish first and new ones wait; once it commits, waiting writers see 'moved',
-drop their cached placement and retry on the new shard. A writer whose cached
-placement is stale is turned away the same way.
+first takes the device's fence row FOR SHARE and checks that the shard owns the
+device ('active', or 'copying' while a move copies it). A mover sets the row to
+'fenced' (its UPDATE waits for in-flight writers to commit); writers that meet
+'fenced' wait and try again until the mover sets it to 'moved' (or back to
+'active' on a rollback). A writer that meets 'moved', or a stale cached
+placement, drops the placement and retries on the shard the directory names.
+Writers stall for the fenced window only; they do not fail.
 """
 
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from django.conf import settings
 from django.db import connections, transaction
 
+from routers.errors import UnknownShard
 from routers.placement import device_id_of, invalidate_placement, shard_for_device
 from shards.models import DeviceFence
 
@@ -20,6 +25,11 @@ T = TypeVar("T")
 
 # Each retry re-reads the placement; two moves in a row are the most a writer meets.
 WRITE_ATTEMPTS = 4
+# States in which the shard owns the device and accepts its writes.
+OWNING_STATES = (DeviceFence.State.ACTIVE, DeviceFence.State.COPYING)
+# A writer that meets a fenced device polls with this back-off, in seconds.
+FENCE_POLL_FIRST = 0.005
+FENCE_POLL_MAX = 0.05
 
 
 class DeviceMoved(Exception):
@@ -32,11 +42,13 @@ class DeviceMoved(Exception):
         super().__init__(f"device {device_id} is not active on {alias} (fence: {state})")
 
 
-def lock_fence(device_id: int, alias: str) -> None:
+def lock_fence(device_id: int, alias: str, *, deleting: bool = False) -> None:
     """Inside a transaction on `alias`: hold the fence row FOR SHARE or raise DeviceMoved.
 
     Raw SQL because Django's select_for_update() has no FOR SHARE mode, and a
     shared lock is the point: writers of one device do not queue behind each other.
+    `deleting`: the caller removes rows, which a move copying the device could
+    not see; only a plain 'active' owner allows that.
     """
     with connections[alias].cursor() as cursor:
         cursor.execute(
@@ -45,24 +57,48 @@ def lock_fence(device_id: int, alias: str) -> None:
         )
         row = cursor.fetchone()
     state = row[0] if row else None
-    if state != DeviceFence.State.ACTIVE:
+    allowed = (DeviceFence.State.ACTIVE,) if deleting else OWNING_STATES
+    if state not in allowed:
         raise DeviceMoved(device_id, alias, state)
 
 
-def write_for_device(device: object, write: Callable[[str], T]) -> T:
-    """Run `write(alias)` in a fenced transaction on the device's shard, following moves."""
+def write_for_device(device: object, write: Callable[[str], T], *, deleting: bool = False) -> T:
+    """Run `write(alias)` in a fenced transaction on the device's shard, following moves.
+
+    A fenced device is waited for (up to FENCE_WAIT_SECONDS, then DeviceMoved,
+    which callers answer with 503 and Retry-After); a moved one is looked up
+    again, at most WRITE_ATTEMPTS times.
+    """
     device_id = device_id_of(device)
-    for attempt in range(1, WRITE_ATTEMPTS + 1):
-        alias = shard_for_device(device_id)
+    deadline = time.monotonic() + settings.FENCE_WAIT_SECONDS
+    pause = FENCE_POLL_FIRST
+    relookups = 0
+    while True:
         try:
+            alias = shard_for_device(device_id)
             with transaction.atomic(using=alias):
-                lock_fence(device_id, alias)
+                lock_fence(device_id, alias, deleting=deleting)
                 return write(alias)
-        except DeviceMoved:
+        except DeviceMoved as exc:
+            waiting = exc.state == DeviceFence.State.FENCED or (
+                deleting and exc.state == DeviceFence.State.COPYING
+            )
+            if waiting:
+                if time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, FENCE_POLL_MAX)
+                continue
+            relookups += 1
             invalidate_placement(device_id)
-            if attempt == WRITE_ATTEMPTS:
+            if relookups >= WRITE_ATTEMPTS:
                 raise
-    raise AssertionError("unreachable")
+        except UnknownShard:
+            # A cached placement naming a shard retired since: ask the directory.
+            relookups += 1
+            invalidate_placement(device_id)
+            if relookups >= WRITE_ATTEMPTS:
+                raise
 
 
 def open_fence(device_id: int, alias: str, *, epoch: int = 1) -> None:
