@@ -50,3 +50,14 @@ def create_device(
         open_fence(device.pk, alias)
     remember_placement(device.pk, alias)
     return NewDevice(device=device, shard=alias, token=token)
+
+
+def find_device(ref: str | int) -> Device:
+    """A device by its serial, or by its numeric id; DoesNotExist names what was asked for."""
+    ref = str(ref).strip()
+    device = Device.objects.filter(serial=ref).first()
+    if device is None and ref.isdigit():
+        device = Device.objects.filter(pk=int(ref)).first()
+    if device is None:
+        raise Device.DoesNotExist(f"no device with serial or id {ref!r}")
+    return device

@@ -47,3 +47,29 @@ def sweep_staged_uploads() -> dict[str, int]:
         else:
             queued[alias] = result
     return queued
+
+
+@shared_task(ignore_result=True)
+def clean_up_moved_devices() -> int:
+    """Remove moved devices' rows from their old shards once the grace period is over."""
+    from shards.moves.cleanup import clean_up_due_moves
+
+    return len(clean_up_due_moves())
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def run_move_job(job_id: int) -> str:
+    """Run (or resume) a recorded move job in the background; returns its final phase.
+
+    A worker killed mid-move has the task delivered again, which resumes the job.
+    """
+    from core.models import MoveJob
+    from shards.moves.protocol import MoveError, run_move
+
+    job = MoveJob.objects.get(pk=job_id)
+    try:
+        run_move(job)
+    except MoveError as exc:
+        logger.warning("move job %s: %s", job_id, exc)
+    job.refresh_from_db()
+    return job.phase

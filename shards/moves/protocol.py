@@ -1,0 +1,418 @@
+"""The online move of one device between shards, as a job recorded phase by phase.
+
+created   target fence 'pending' (leftover rows there removed), source fence
+          'copying' (writes go on, deletes wait)                   -> copying
+copying   bulk copy in one source snapshot; then the source fence is set to
+          'fenced' (waits for in-flight writers, holds new ones)   -> fenced
+fenced    copy the rows written since the snapshot; verify counts and
+          checksums per table (a mismatch rolls the job back)      -> verified
+verified  target fence 'active' with the new epoch                 -> activated
+activated the directory's placement names the target, in the same
+          transaction as the phase; caches get the new placement   -> switched
+switched  source fence 'moved': held writers wake, drop their
+          cached placement and write on the target                 -> released
+released  after MOVE_CLEANUP_GRACE_SECONDS, cleanup.py removes the
+          source rows                                              -> done
+
+Each phase is recorded in the directory only once its effects are durable,
+and each step can run again, so a crash anywhere is finished by resuming the
+job, or (before `switched`) undone by rolling it back. The source is never
+reopened after the directory names the target, and the target is activated
+only while the source is fenced, so no device is ever active on two shards.
+"""
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, connections, transaction
+from django.utils import timezone
+
+from core.models import MoveJob, Placement, Rebalance, Shard
+from routers.aliases import DIRECTORY_ALIAS
+from routers.placement import remember_placement
+from routers.registry import ensure_shard_connection
+from shards.models import DeviceFence
+from shards.moves.copying import copy_device_rows, delete_device_rows
+from shards.moves.streams import raw_connections
+from shards.moves.tables import DeviceTable, device_tables
+from shards.moves.verify import verify_copy
+
+logger = logging.getLogger(__name__)
+
+Phase = MoveJob.Phase
+Fence = DeviceFence.State
+FENCE_TABLE = DeviceFence._meta.db_table
+# pg_advisory_lock(namespace, job id): one process runs a given job at a time.
+MOVE_LOCK_NAMESPACE = 7401
+# The mover waits this long for in-flight writers when fencing, then gives up.
+FENCE_LOCK_TIMEOUT = "15s"
+
+PhaseCallback = Callable[[MoveJob], None]
+
+
+class MoveError(Exception):
+    """A move refused or abandoned; the message says why and what to do."""
+
+
+class MoveVerificationFailed(MoveError):
+    """The copy did not match the source; the job was rolled back."""
+
+
+def _crash_point(name: str) -> None:
+    """Test hook: FLEET_MOVE_CRASH_AFTER=<name> kills the mover right here, like kill -9."""
+    if name == settings.MOVE_CRASH_AFTER:
+        logger.warning("FLEET_MOVE_CRASH_AFTER=%s: killing the mover", name)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _applied_shard_migrations(alias: str) -> set[tuple[str, str]]:
+    ensure_shard_connection(alias)
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            "SELECT app, name FROM django_migrations WHERE app = ANY(%s)",
+            [sorted(settings.SHARD_APPS)],
+        )
+        return set(cursor.fetchall())
+
+
+def start_move(
+    device_id: int,
+    target: str,
+    *,
+    rebalance: Rebalance | None = None,
+    requested_by: str = "",
+) -> MoveJob:
+    """Record a move job for a device after checking it can be done; nothing moves yet."""
+    placement = Placement.objects.filter(device_id=device_id).first()
+    if placement is None:
+        raise MoveError(f"device {device_id} does not exist")
+    target_shard = Shard.objects.filter(alias=target).first()
+    if target_shard is None:
+        raise MoveError(f"shard {target!r} is not registered")
+    if target_shard.state != Shard.State.ACTIVE:
+        raise MoveError(f"shard {target} is {target_shard.state}; devices move to active shards")
+    if placement.shard_id == target:
+        raise MoveError(f"device {device_id} is already on {target}")
+    if _applied_shard_migrations(placement.shard_id) != _applied_shard_migrations(target):
+        raise MoveError(
+            f"{placement.shard_id} and {target} have different shard migrations applied;"
+            " run `manage.py migrate_shards` first"
+        )
+    try:
+        with transaction.atomic(using=DIRECTORY_ALIAS):
+            return MoveJob.objects.create(
+                device_id=device_id,
+                source_id=placement.shard_id,
+                target=target_shard,
+                rebalance=rebalance,
+                epoch=placement.epoch + 1,
+                requested_by=requested_by,
+            )
+    except IntegrityError:
+        busy = MoveJob.objects.filter(device_id=device_id, phase__in=MoveJob.IN_FLIGHT).first()
+        raise MoveError(
+            f"device {device_id} is already being moved by job {busy.pk if busy else '?'}"
+            " (resume it with `manage.py move_device --resume`)"
+        ) from None
+
+
+@contextmanager
+def _job_lock(job: MoveJob) -> Iterator[None]:
+    """Hold the job's advisory lock on the directory; a second runner is refused."""
+    with connections[DIRECTORY_ALIAS].cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [MOVE_LOCK_NAMESPACE, job.pk])
+        if not cursor.fetchone()[0]:
+            raise MoveError(f"move job {job.pk} is being run by another process")
+    try:
+        yield
+    finally:
+        with connections[DIRECTORY_ALIAS].cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [MOVE_LOCK_NAMESPACE, job.pk])
+
+
+def is_running_elsewhere(job: MoveJob) -> bool:
+    """True when another live process holds the job's lock (so it is not interrupted)."""
+    with connections[DIRECTORY_ALIAS].cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [MOVE_LOCK_NAMESPACE, job.pk])
+        acquired = cursor.fetchone()[0]
+        if acquired:
+            cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [MOVE_LOCK_NAMESPACE, job.pk])
+    return not acquired
+
+
+def _advance(job: MoveJob, phase: str, **fields: Any) -> None:
+    job.phase = phase
+    for name, value in fields.items():
+        setattr(job, name, value)
+    job.save()
+
+
+def _set_fence(cursor: Any, device_id: int, new_state: str, from_states: tuple, **extra) -> int:
+    """UPDATE the fence row if it is in one of `from_states`; returns rows changed (0 or 1)."""
+    assignments = ", ".join(["state = %(state)s", "updated_at = now()"] + [
+        f"{column} = %({column})s" for column in extra
+    ])  # fmt: skip
+    cursor.execute(
+        f"UPDATE {FENCE_TABLE} SET {assignments}"
+        " WHERE device_id = %(device_id)s AND state = ANY(%(from_states)s)",
+        {"state": new_state, "device_id": device_id, "from_states": list(from_states), **extra},
+    )
+    return cursor.rowcount
+
+
+def fence_state(cursor: Any, device_id: int, *, lock: bool = False) -> str | None:
+    cursor.execute(
+        f"SELECT state FROM {FENCE_TABLE} WHERE device_id = %s" + (" FOR UPDATE" if lock else ""),
+        [device_id],
+    )
+    row = cursor.fetchone()
+    return row[0] if row else None
+
+
+class _Mover:
+    """Runs one job's remaining phases over raw connections to its two shards."""
+
+    def __init__(self, job: MoveJob, source: Any, target: Any, tables: list[DeviceTable]):
+        self.job = job
+        self.source = source
+        self.target = target
+        self.tables = tables
+        self.fence_started: float | None = None
+
+    @property
+    def device_id(self) -> int:
+        return self.job.device_id
+
+    def prepare(self) -> None:
+        """Target: clear leftovers, fence row 'pending'. Source: 'copying' (no deletes)."""
+        with self.target.cursor() as cursor:
+            state = fence_state(cursor, self.device_id, lock=True)
+            if state in (Fence.ACTIVE, Fence.COPYING, Fence.FENCED):
+                raise MoveError(
+                    f"{self.job.target_id} already owns device {self.device_id} (fence {state})"
+                )
+            delete_device_rows(cursor, self.device_id, self.tables)
+            cursor.execute(
+                f"INSERT INTO {FENCE_TABLE} (device_id, state, epoch, updated_at)"
+                " VALUES (%s, %s, %s, now()) ON CONFLICT (device_id) DO UPDATE"
+                " SET state = excluded.state, epoch = excluded.epoch, updated_at = now()",
+                [self.device_id, Fence.PENDING, self.job.epoch],
+            )
+        self.target.commit()
+        with self.source.cursor() as cursor:
+            cursor.execute(f"SET LOCAL lock_timeout = '{FENCE_LOCK_TIMEOUT}'")
+            owned = (Fence.ACTIVE, Fence.COPYING, Fence.FENCED)
+            if not _set_fence(cursor, self.device_id, Fence.COPYING, owned):
+                raise MoveError(
+                    f"{self.job.source_id} does not own device {self.device_id}"
+                    f" (fence {fence_state(cursor, self.device_id)})"
+                )
+        self.source.commit()
+        _advance(self.job, Phase.COPYING)
+
+    def bulk_copy_and_fence(self) -> None:
+        """Copy everything in one snapshot while writers go on; then fence the source."""
+        rows, snapshot = copy_device_rows(self.source, self.target, self.device_id, self.tables)
+        self.job.snapshot = snapshot
+        self.job.rows_copied = {"bulk": rows}
+        self.job.save(update_fields=["snapshot", "rows_copied", "updated_at"])
+        _crash_point("copied")
+        with self.source.cursor() as cursor:
+            cursor.execute(f"SET LOCAL lock_timeout = '{FENCE_LOCK_TIMEOUT}'")
+            self.fence_started = time.monotonic()
+            fenced_at = timezone.now()
+            # Waits for writers holding the row FOR SHARE; new ones queue behind it.
+            fenceable = (Fence.COPYING, Fence.FENCED)
+            if not _set_fence(cursor, self.device_id, Fence.FENCED, fenceable):
+                raise MoveError(
+                    f"device {self.device_id}'s fence on {self.job.source_id} is"
+                    f" {fence_state(cursor, self.device_id)}, not copying"
+                )
+        self.source.commit()
+        _crash_point("fence_committed")
+        _advance(self.job, Phase.FENCED, fenced_at=fenced_at)
+
+    def copy_remainder_and_verify(self) -> None:
+        """With the source still, copy what changed since the bulk snapshot and compare."""
+        rows, _ = copy_device_rows(
+            self.source,
+            self.target,
+            self.device_id,
+            self.tables,
+            since_snapshot=self.job.snapshot or None,
+        )
+        self.job.rows_copied = {**self.job.rows_copied, "remainder": rows}
+        verification = verify_copy(self.source, self.target, self.device_id, self.tables)
+        self.job.verification = verification.as_json()
+        if not verification.ok:
+            self.job.save(update_fields=["rows_copied", "verification", "updated_at"])
+            keys = "; ".join(
+                f"{m['table']} {m['key']}: {m['problem']}" for m in verification.mismatches
+            )
+            raise MoveVerificationFailed(
+                f"the copy of device {self.device_id} on {self.job.target_id} does not match"
+                f" {self.job.source_id}: {keys or 'checksums differ'}"
+            )
+        _advance(self.job, Phase.VERIFIED)
+
+    def activate_target(self) -> None:
+        with self.target.cursor() as cursor:
+            done = _set_fence(
+                cursor,
+                self.device_id,
+                Fence.ACTIVE,
+                (Fence.PENDING, Fence.ACTIVE),
+                epoch=self.job.epoch,
+            )
+            if not done:
+                raise MoveError(
+                    f"device {self.device_id}'s fence on {self.job.target_id} is"
+                    f" {fence_state(cursor, self.device_id)}, not pending"
+                )
+        self.target.commit()
+        _advance(self.job, Phase.ACTIVATED)
+
+    def switch_directory(self) -> None:
+        """Point the placement at the target, atomically with recording the phase."""
+        now = timezone.now()
+        with transaction.atomic(using=DIRECTORY_ALIAS):
+            placement = Placement.objects.select_for_update().get(device_id=self.device_id)
+            if placement.shard_id == self.job.source_id:
+                placement.shard_id = self.job.target_id
+                placement.epoch = self.job.epoch
+                placement.save(update_fields=["shard", "epoch", "updated_at"])
+            elif placement.shard_id != self.job.target_id:
+                raise MoveError(
+                    f"device {self.device_id} is placed on {placement.shard_id}, which is"
+                    " neither end of this move"
+                )
+            _advance(
+                self.job,
+                Phase.SWITCHED,
+                switched_at=now,
+                cleanup_after=now + timedelta(seconds=settings.MOVE_CLEANUP_GRACE_SECONDS),
+            )
+        remember_placement(self.device_id, self.job.target_id)
+
+    def release_writers(self) -> None:
+        """Source fence 'moved': held writers wake, look the device up again, land on target."""
+        with self.source.cursor() as cursor:
+            _set_fence(
+                cursor,
+                self.device_id,
+                Fence.MOVED,
+                (Fence.FENCED, Fence.COPYING, Fence.MOVED),
+                epoch=self.job.epoch,
+            )
+        self.source.commit()
+        if self.fence_started is not None:
+            stall_ms = (time.monotonic() - self.fence_started) * 1000
+        else:  # resumed after a crash: the whole time since fencing, crash included
+            stall_ms = (timezone.now() - self.job.fenced_at).total_seconds() * 1000
+        _advance(self.job, Phase.RELEASED, stall_ms=round(stall_ms, 1))
+
+    def roll_back(self, phase: str, error: str) -> None:
+        """Undo an unswitched job: target rows and fence removed, then the source reopened."""
+        with self.target.cursor() as cursor:
+            fence_state(cursor, self.device_id, lock=True)
+            delete_device_rows(cursor, self.device_id, self.tables)
+            cursor.execute(
+                f"DELETE FROM {FENCE_TABLE} WHERE device_id = %s AND state = ANY(%s)",
+                [self.device_id, [Fence.PENDING, Fence.ACTIVE]],
+            )
+        self.target.commit()
+        with self.source.cursor() as cursor:
+            _set_fence(
+                cursor, self.device_id, Fence.ACTIVE, (Fence.COPYING, Fence.FENCED, Fence.ACTIVE)
+            )
+        self.source.commit()
+        _advance(self.job, phase, error=error, finished_at=timezone.now())
+
+
+_STEPS = {
+    Phase.CREATED: _Mover.prepare,
+    Phase.COPYING: _Mover.bulk_copy_and_fence,
+    Phase.FENCED: _Mover.copy_remainder_and_verify,
+    Phase.VERIFIED: _Mover.activate_target,
+    Phase.ACTIVATED: _Mover.switch_directory,
+    Phase.SWITCHED: _Mover.release_writers,
+}
+
+
+def run_move(job: MoveJob, *, on_phase: PhaseCallback | None = None) -> MoveJob:
+    """Run a job from its recorded phase until writers are released (or it is rolled back).
+
+    A failed verification rolls the job back (phase 'failed') and raises
+    MoveVerificationFailed. Any other error before the switch also rolls back,
+    so a fenced device is not left holding its writers; if even that fails, the
+    job stays where it was for `--resume` or `--rollback`.
+    """
+    with _job_lock(job):
+        job.refresh_from_db()
+        with raw_connections(job.source_id, job.target_id) as (source, target):
+            mover = _Mover(job, source, target, device_tables())
+            while job.phase in _STEPS:
+                try:
+                    _STEPS[job.phase](mover)
+                except Exception as exc:
+                    source.rollback()
+                    target.rollback()
+                    if job.phase not in MoveJob.UNSWITCHED:
+                        job.error = str(exc)
+                        job.save(update_fields=["error", "updated_at"])
+                        raise
+                    failed = isinstance(exc, MoveVerificationFailed)
+                    logger.warning("move %s: %s; rolling back", job.pk, exc)
+                    mover.roll_back(Phase.FAILED if failed else Phase.ROLLED_BACK, str(exc))
+                    if isinstance(exc, MoveError):
+                        raise
+                    raise MoveError(f"move {job.pk} rolled back: {exc}") from exc
+                if on_phase is not None:
+                    on_phase(job)
+                _crash_point(job.phase)
+    return job
+
+
+def move_device(
+    device_id: int,
+    target: str,
+    *,
+    rebalance: Rebalance | None = None,
+    requested_by: str = "",
+    on_phase: PhaseCallback | None = None,
+) -> MoveJob:
+    """Move a device online to `target`: start a job and run it until writers are released."""
+    job = start_move(device_id, target, rebalance=rebalance, requested_by=requested_by)
+    if on_phase is not None:
+        on_phase(job)
+    _crash_point(Phase.CREATED)
+    return run_move(job, on_phase=on_phase)
+
+
+def interrupted_moves() -> list[MoveJob]:
+    """Jobs in flight that no live process is running: left by a crash or a kill."""
+    jobs = MoveJob.objects.filter(phase__in=MoveJob.IN_FLIGHT).order_by("id")
+    return [job for job in jobs if not is_running_elsewhere(job)]
+
+
+def rollback_move(job: MoveJob) -> MoveJob:
+    """Undo a job that has not switched the directory; a switched job can only go forward."""
+    with _job_lock(job):
+        job.refresh_from_db()
+        if job.phase not in MoveJob.UNSWITCHED:
+            raise MoveError(
+                f"move {job.pk} is {job.phase}: only a job that has not switched the"
+                " directory can be rolled back; resume it instead"
+            )
+        with raw_connections(job.source_id, job.target_id) as (source, target):
+            _Mover(job, source, target, device_tables()).roll_back(
+                Phase.ROLLED_BACK, "rolled back by an operator"
+            )
+    return job

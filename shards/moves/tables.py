@@ -1,0 +1,53 @@
+"""The shard tables that hold a device's rows, found from the models so new ones move too."""
+
+from dataclasses import dataclass
+
+from django.apps import apps
+from django.conf import settings
+
+from shards.models import DeviceFence
+
+
+@dataclass(frozen=True)
+class DeviceTable:
+    """One table with a `device_id` column: what a move copies, verifies and cleans up."""
+
+    name: str
+    columns: tuple[str, ...]
+    key_columns: tuple[str, ...]
+
+    @property
+    def column_list(self) -> str:
+        return ", ".join(f'"{column}"' for column in self.columns)
+
+    @property
+    def key_list(self) -> str:
+        return ", ".join(f'"{column}"' for column in self.key_columns)
+
+    @property
+    def upsert_action(self) -> str:
+        """What an arriving row does to a copy already there: the source row wins."""
+        others = [column for column in self.columns if column not in self.key_columns]
+        if not others:
+            return "DO NOTHING"
+        assignments = ", ".join(f'"{column}" = excluded."{column}"' for column in others)
+        return f"DO UPDATE SET {assignments}"
+
+
+def device_tables() -> list[DeviceTable]:
+    """Every concrete shard model with a device_id column, except the fence itself.
+
+    The fence is the move's own bookkeeping: each shard keeps its own row.
+    """
+    tables = []
+    for app_label in sorted(settings.SHARD_APPS):
+        for model in apps.get_app_config(app_label).get_models():
+            meta = model._meta
+            if model is DeviceFence or not meta.managed or meta.proxy:
+                continue
+            columns = tuple(field.column for field in meta.concrete_fields)
+            if "device_id" not in columns:
+                continue
+            keys = tuple(field.column for field in meta.pk_fields)
+            tables.append(DeviceTable(meta.db_table, columns, keys))
+    return sorted(tables, key=lambda table: table.name)
