@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 from routers.errors import UnknownDevice
 from shards.fence import write_for_device
-from shards.models import DeviceStatus, LatestValue, Reading, Upload
+from shards.models import DeviceFence, DeviceStatus, LatestValue, Reading, Upload
 
 logger = logging.getLogger(__name__)
 
@@ -242,10 +242,16 @@ def sweep_staged_uploads(alias: str, older_than_seconds: int) -> int:
     duplicate task is harmless: it finds the upload imported and returns.
     """
     cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
+    # Uploads of devices moved away are imported where the device lives now (their
+    # copies came along); the copies left here until cleanup are not queued again.
+    owned = DeviceFence.objects.on_shard(alias).exclude(
+        state__in=[DeviceFence.State.MOVED, DeviceFence.State.PENDING]
+    )
     # status + received_at: served by the partial index upload_staged_idx.
     stale = (
         Upload.objects.on_shard(alias)
         .filter(status=Upload.Status.STAGED, received_at__lte=cutoff)
+        .filter(device_id__in=owned.values("device_id"))
         .order_by("received_at")
         .values_list("device_id", "id")[:SWEEP_LIMIT]
     )

@@ -8,12 +8,23 @@ from django.db import connections
 from routers.fanout import fan_out
 from shards.models import Command, DeviceFence, Reading, Upload
 
+# Only devices this shard owns count: a moved device's rows linger until cleanup.
+_OWNED = (
+    f"device_id IN (SELECT device_id FROM {DeviceFence._meta.db_table}"
+    " WHERE state IN ('active', 'copying', 'fenced'))"
+)
 _COUNT_SQL = {
-    "devices": f"SELECT count(*) FROM {DeviceFence._meta.db_table} WHERE state = 'active'",
-    "readings": f"SELECT count(*) FROM {Reading._meta.db_table}",
-    "uploads_staged": f"SELECT count(*) FROM {Upload._meta.db_table} WHERE status = 'staged'",
+    "devices": (
+        f"SELECT count(*) FROM {DeviceFence._meta.db_table}"
+        " WHERE state IN ('active', 'copying', 'fenced')"
+    ),
+    "readings": f"SELECT count(*) FROM {Reading._meta.db_table} WHERE {_OWNED}",
+    "uploads_staged": (
+        f"SELECT count(*) FROM {Upload._meta.db_table} WHERE status = 'staged' AND {_OWNED}"
+    ),
     "commands_pending": (
-        f"SELECT count(*) FROM {Command._meta.db_table} WHERE status IN ('queued', 'sent')"
+        f"SELECT count(*) FROM {Command._meta.db_table}"
+        f" WHERE status IN ('queued', 'sent') AND {_OWNED}"
     ),
 }
 
