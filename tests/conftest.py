@@ -10,6 +10,10 @@ the test truncates every table, so data is committed and visible to worker
 threads and other processes, as in production.
 """
 
+from collections.abc import Iterator
+from contextlib import closing
+
+import psycopg2
 import pytest
 from django.core.cache import caches
 from django.core.management.color import no_style
@@ -71,6 +75,47 @@ def shards(django_db_setup, django_db_blocker) -> list[str]:
             yield TEST_SHARDS
         finally:
             truncate_all(["default", *TEST_SHARDS])
+
+
+THIRD_SHARD = "shard_3"
+
+
+@pytest.fixture(scope="session")
+def third_shard_location(django_db_setup, django_db_blocker) -> Iterator[ShardLocation]:
+    """A third shard database for move and rebalance tests, on shard_1's server.
+
+    A shard is a database, so a second one on an existing server is a real shard;
+    tests that need a server of their own start one (test_runtime_shard).
+    """
+    first = location_of(TEST_SHARDS[0])
+    name = f"{first.db_name}_3"
+    admin = connections[TEST_SHARDS[0]].get_connection_params()
+    admin.pop("cursor_factory", None)
+    admin["dbname"] = "postgres"
+
+    def server(statement: str) -> None:
+        with closing(psycopg2.connect(**admin)) as connection:
+            connection.autocommit = True
+            with connection.cursor() as cursor:
+                cursor.execute(statement)
+
+    server(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    server(f'CREATE DATABASE "{name}"')
+    yield ShardLocation(host=first.host, port=first.port, db_name=name)
+    with django_db_blocker.unblock():
+        unregister_shard_connection(THIRD_SHARD)
+    server(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def three_shards(shards, third_shard_location, django_db_blocker) -> Iterator[list[str]]:
+    """The two test shards plus a third, registered (and migrated the first time)."""
+    with django_db_blocker.unblock():
+        register_shard(THIRD_SHARD, third_shard_location)
+        try:
+            yield [*shards, THIRD_SHARD]
+        finally:
+            truncate_all([THIRD_SHARD])
 
 
 @pytest.fixture
