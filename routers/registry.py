@@ -5,6 +5,7 @@ directory and adds a connection alias per shard. A process re-reads it when it
 meets an alias it does not know (a device placed on a brand-new shard) and at
 most every SHARD_REGISTRY_TTL seconds when asked for the list of shards, so a
 shard registered while the process runs is used within seconds, without restart.
+A shard that is retired loses its alias in the same way, so nothing can reach it.
 """
 
 import threading
@@ -40,6 +41,10 @@ class ShardInfo:
 _lock = threading.Lock()
 _shards: dict[str, ShardInfo] = {}
 _loaded_at: float | None = None
+# Aliases this module added to connections.settings. Only these are dropped when their
+# shard is retired: an alias configured in settings.DATABASES (the test settings'
+# shard_1 and shard_2) belongs to the settings, not to the registry.
+_runtime_aliases: set[str] = set()
 
 
 def connection_settings_for(shard: Any) -> dict[str, Any]:
@@ -67,11 +72,26 @@ def register_shard_connection(alias: str, config: dict[str, Any]) -> None:
     current = connections.settings.get(alias)
     if current is not None and _same_location(current, config):
         return
+    if current is None:
+        _runtime_aliases.add(alias)
     connections.settings[alias] = config
-    if current is not None and hasattr(connections._connections, alias):
+    if current is not None:
         # This thread's old connection points at the old location; drop it.
+        _close_thread_connection(alias)
+
+
+def _close_thread_connection(alias: str) -> None:
+    """Close and forget this thread's connection for `alias`, if it opened one."""
+    if hasattr(connections._connections, alias):
         getattr(connections._connections, alias).close()
         delattr(connections._connections, alias)
+
+
+def _drop_connection(alias: str) -> None:
+    """Remove `alias` from this process's connections; the caller holds _lock."""
+    _close_thread_connection(alias)
+    connections.settings.pop(alias, None)
+    _runtime_aliases.discard(alias)
 
 
 def unregister_shard_connection(alias: str) -> None:
@@ -80,10 +100,7 @@ def unregister_shard_connection(alias: str) -> None:
         raise ValueError("the directory connection cannot be unregistered")
     with _lock:
         _shards.pop(alias, None)
-        if hasattr(connections._connections, alias):
-            getattr(connections._connections, alias).close()
-            delattr(connections._connections, alias)
-        connections.settings.pop(alias, None)
+        _drop_connection(alias)
 
 
 def refresh_registry(*, force: bool = False) -> dict[str, ShardInfo]:
@@ -101,6 +118,9 @@ def refresh_registry(*, force: bool = False) -> dict[str, ShardInfo]:
             _shards[row.alias] = ShardInfo(row.alias, row.number, row.state, row.weight)
             if row.state != Shard.State.RETIRED:
                 register_shard_connection(row.alias, connection_settings_for(row))
+            elif row.alias in _runtime_aliases:
+                # Retired: it holds no devices, so a connection could only do harm.
+                _drop_connection(row.alias)
         _loaded_at = now
         return dict(_shards)
 
