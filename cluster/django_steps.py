@@ -93,7 +93,7 @@ def run_django_steps(
         for alias, (port, dbname) in SHARDS.items():
             _manage(
                 [
-                    "register_shard",
+                    "add_shard",
                     alias,
                     *("--host", HOST, "--port", str(port), "--db-name", dbname),
                     *("--user", DB_USER, "--password", DB_PASSWORD),

@@ -3,15 +3,20 @@
 Order matters: the registry row (which makes the shard eligible for new
 devices) is written only after the database is reachable, migrated and
 carries its number, so no process ever routes to a half-made shard.
+`create_shard_database` can make the empty database first, on a server that exists.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg2
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.management import call_command
 from django.db import DatabaseError, connections, transaction
 from django.db.models import Max
+from psycopg2 import errors, sql
 
 from core.models import Shard
 from routers.aliases import DIRECTORY_ALIAS
@@ -43,6 +48,11 @@ def _apply_location(shard: Shard, location: ShardLocation) -> None:
     shard.db_user = location.user
     shard.db_password = location.password
     shard.options = dict(location.options)
+
+
+# The database every PostgreSQL server has, to connect to before ours exists.
+MAINTENANCE_DB = "postgres"
+CONNECT_TIMEOUT = 10
 
 
 def _validate(shard: Shard) -> None:
@@ -85,10 +95,12 @@ def _next_number() -> int:
     return number
 
 
-def register_shard(
-    alias: str, location: ShardLocation, *, weight: int | None = None, migrate: bool = True
-) -> Shard:
-    """Register (or update the location of) a shard; idempotent."""
+def check_registration(alias: str, location: ShardLocation, *, weight: int | None = None) -> Shard:
+    """The registry row `register_shard` would save, unsaved; raises if it would refuse.
+
+    Callers about to do something costly first (create the database) ask this, so a
+    bad or retired alias is refused before anything is made.
+    """
     existing = Shard.objects.filter(alias=alias).first()
     if existing is not None and existing.state == Shard.State.RETIRED:
         raise ShardRegistrationError(f"{alias} is retired; aliases are never reused")
@@ -97,7 +109,72 @@ def register_shard(
     if weight is not None:
         shard.weight = weight
     _validate(shard)
+    return shard
 
+
+def create_shard_database(location: ShardLocation) -> bool:
+    """Create the location's database on its server unless it exists; True if created now.
+
+    Connects to the server's `postgres` maintenance database with the location's login
+    (or SHARD_DEFAULT_USER/PASSWORD), which must be allowed to create databases.
+    """
+    where = f"{location.host}:{location.port}"
+    try:
+        conn = psycopg2.connect(
+            host=location.host,
+            port=location.port,
+            dbname=MAINTENANCE_DB,
+            user=location.user or settings.SHARD_DEFAULT_USER,
+            password=location.password or settings.SHARD_DEFAULT_PASSWORD,
+            connect_timeout=CONNECT_TIMEOUT,
+            **location.options,
+        )
+    except psycopg2.Error as exc:
+        raise ShardRegistrationError(
+            f"cannot connect to {where}/{MAINTENANCE_DB}: {exc}".strip()
+        ) from exc
+    try:
+        conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [location.db_name])
+            if cursor.fetchone() is not None:
+                return False
+            statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(location.db_name))
+            try:
+                cursor.execute(statement)
+            except errors.DuplicateDatabase:
+                return False  # made by someone else since we looked: just as good
+    except psycopg2.Error as exc:
+        raise ShardRegistrationError(
+            f"cannot create database {location.db_name} on {where}: {exc}".strip()
+        ) from exc
+    finally:
+        conn.close()
+    return True
+
+
+def register_shard(
+    alias: str,
+    location: ShardLocation,
+    *,
+    weight: int | None = None,
+    migrate: bool = True,
+    on_step: Callable[[str], None] | None = None,
+) -> Shard:
+    """Register (or update the location of) a shard; idempotent.
+
+    `on_step` is told what is about to happen (connect, migrate, register), so a
+    command can show progress through steps that may take a while.
+    """
+
+    def step(message: str) -> None:
+        if on_step is not None:
+            on_step(message)
+
+    shard = check_registration(alias, location, weight=weight)
+    new = shard._state.adding
+
+    step(f"connecting to {location.host}:{location.port}/{location.db_name}")
     register_shard_connection(alias, connection_settings_for(shard))
     try:
         connections[alias].ensure_connection()
@@ -106,10 +183,12 @@ def register_shard(
             f"cannot connect to {location.host}:{location.port}/{location.db_name}: {exc}".strip()
         ) from exc
     if migrate:
+        step(f"migrating {alias} (every shard migration)")
         call_command("migrate", database=alias, interactive=False, verbosity=0)
 
+    step(f"stamping {alias} with its shard number and listing it in the registry")
     with transaction.atomic(using=DIRECTORY_ALIAS):
-        if existing is None:
+        if new:
             shard.number = _next_number()
         shard.save()
         stamp_identity(alias, shard.number)

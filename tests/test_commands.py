@@ -1,16 +1,23 @@
 """The management commands, driven as an operator would, including their refusals."""
 
 import json
+import uuid
+from collections.abc import Iterator
+from contextlib import closing
 from io import StringIO
 
+import psycopg2
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connections
 from django.utils import timezone
+from psycopg2 import sql
 
 from core.credentials import device_id_for_token, forget_credential
 from core.models import Device, DeviceCredential, Placement, Shard, User
-from shards.models import Reading
+from routers.registry import serving_shards, unregister_shard_connection
+from shards.models import Reading, ShardIdentity
 from tests.factories import make_device, reading_times
 
 
@@ -78,32 +85,144 @@ def test_tokens_fail_when_wrong_revoked_or_expired(shards):
     [
         (["Bad-Alias", "--host", "127.0.0.1", "--db-name", "x"], "lower-case"),
         (["shard_9", "--host", "127.0.0.1", "--port", "1", "--db-name", "x"], "cannot connect"),
+        (
+            ["shard_9", "--host", "127.0.0.1", "--port", "1", "--db-name", "x", "--create-db"],
+            "cannot connect to 127.0.0.1:1/postgres",
+        ),
+        (["shard_9", "--host", "127.0.0.1", "--db-name", "x", "--weight", "-1"], "zero or more"),
     ],
 )
-def test_register_shard_refusals(shards, args, message):
+def test_add_shard_refusals(shards, args, message):
     with pytest.raises(CommandError, match=message):
-        run("register_shard", *args)
+        run("add_shard", *args)
     assert set(Shard.objects.values_list("alias", flat=True)) == set(shards)
 
 
-def test_register_shard_refuses_a_database_registered_under_another_alias(shards):
+def test_add_shard_refuses_a_retired_alias(shards):
+    Shard.objects.create(
+        alias="shard_old", number=90, host="127.0.0.1", port=1, db_name="x",
+        state=Shard.State.RETIRED,
+    )  # fmt: skip
+    with pytest.raises(CommandError, match="shard_old is retired"):
+        run("add_shard", "shard_old", "--host", "127.0.0.1", "--db-name", "y")
+    assert Shard.objects.get(alias="shard_old").db_name == "x"
+
+
+def test_add_shard_refuses_a_database_registered_under_another_alias(shards):
     existing = Shard.objects.get(alias="shard_1")
     with pytest.raises(CommandError, match="already registered as shard_1"):
         run(
-            "register_shard", "shard_copy", "--host", existing.host,
+            "add_shard", "shard_copy", "--host", existing.host,
             "--port", str(existing.port), "--db-name", existing.db_name,
         )  # fmt: skip
 
 
-def test_register_shard_again_updates_the_weight_and_keeps_the_number(shards):
+def test_add_shard_again_updates_the_weight_and_keeps_the_number(shards):
     before = Shard.objects.get(alias="shard_2")
     out = run(
-        "register_shard", "shard_2", "--host", before.host, "--port", str(before.port),
+        "add_shard", "shard_2", "--host", before.host, "--port", str(before.port),
         "--db-name", before.db_name, "--weight", "250", "--no-migrate",
     )  # fmt: skip
     after = Shard.objects.get(alias="shard_2")
     assert (after.number, after.weight) == (before.number, 250)
     assert "weight 250" in out
+
+
+# -- add_shard --create-db on a real server: shard_2's test instance ----------------
+
+NEW_ALIAS = "shard_new"
+
+
+def _server_login() -> dict[str, object]:
+    config = connections.settings["shard_2"]
+    return {
+        "host": config["HOST"],
+        "port": int(config["PORT"]),
+        "user": config["USER"],
+        "password": config["PASSWORD"],
+    }
+
+
+def _database_exists(name: str) -> bool:
+    conn = psycopg2.connect(dbname="postgres", **_server_login())
+    with closing(conn), conn.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
+        return cursor.fetchone() is not None
+
+
+@pytest.fixture
+def new_db_name(shards) -> Iterator[str]:
+    """A database name nobody uses on shard_2's server; dropped (with its alias) afterwards."""
+    name = f"test_fleet_new_{uuid.uuid4().hex[:12]}"
+    yield name
+    unregister_shard_connection(NEW_ALIAS)
+    with closing(psycopg2.connect(dbname="postgres", **_server_login())) as conn:
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+def _add_new_shard(name: str, *extra: str) -> str:
+    login = _server_login()
+    return run(
+        "add_shard", NEW_ALIAS, "--host", str(login["host"]), "--port", str(login["port"]),
+        "--db-name", name, "--create-db", *extra,
+    )  # fmt: skip
+
+
+def test_add_shard_create_db_makes_migrates_and_registers_a_new_database(new_db_name):
+    assert not _database_exists(new_db_name)
+    out = _add_new_shard(new_db_name, "--weight", "50")
+    assert _database_exists(new_db_name)
+
+    shard = Shard.objects.get(alias=NEW_ALIAS)
+    assert (shard.state, shard.weight, shard.db_name) == ("active", 50, new_db_name)
+    assert ShardIdentity.objects.on_shard(NEW_ALIAS).get().number == shard.number
+    assert Reading.objects.on_shard(NEW_ALIAS).count() == 0  # migrated: the table exists
+    assert NEW_ALIAS in serving_shards()
+
+    # Each step is reported as it happens, in order, then one final line.
+    steps = [
+        "creating database",
+        f"database {new_db_name} created",
+        "connecting to",
+        "migrating",
+        "stamping",
+        f"registered {NEW_ALIAS} (number {shard.number}, active, weight 50)",
+    ]
+    lines = out.splitlines()
+    assert len(lines) == len(steps), out
+    for line, start in zip(lines, steps, strict=True):
+        assert line.startswith(start), out
+
+
+def test_add_shard_json_is_one_object_and_an_existing_database_is_fine(new_db_name):
+    first = json.loads(_add_new_shard(new_db_name, "--json"))
+    login = _server_login()
+    assert first == {
+        "alias": NEW_ALIAS,
+        "number": Shard.objects.get(alias=NEW_ALIAS).number,
+        "state": "active",
+        "weight": 100,
+        "host": login["host"],
+        "port": login["port"],
+        "db_name": new_db_name,
+        "created_database": True,
+    }
+    again = json.loads(_add_new_shard(new_db_name, "--json", "--weight", "7"))
+    assert again == {**first, "weight": 7, "created_database": False}
+
+
+def test_add_shard_refusal_creates_no_database(new_db_name):
+    login = _server_login()
+    with pytest.raises(CommandError, match="lower-case"):
+        run(
+            "add_shard", "Bad-Alias", "--host", str(login["host"]), "--port", str(login["port"]),
+            "--db-name", new_db_name, "--create-db",
+        )  # fmt: skip
+    assert not _database_exists(new_db_name)
 
 
 def test_cluster_status_reports_devices_and_readings_per_shard(shards):

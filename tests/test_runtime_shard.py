@@ -1,7 +1,7 @@
 """A shard registered while this process runs is used by it, without a restart.
 
-The test starts a real third PostgreSQL instance, registers it from a separate
-`manage.py register_shard` process (as an operator would), and then checks
+The test starts a real third PostgreSQL server, adds a shard database on it from a
+separate `manage.py add_shard --create-db` process (as an operator would), and then checks
 that this process lists it within the registry's refresh time and places a new
 device's writes on it.
 """
@@ -34,8 +34,7 @@ def third_instance():
     test_dir = local_cluster.VAR_DIR / "test"
     instance = PostgresInstance("shard_3", free_port(), test_dir / "pg", test_dir / "log")
     instance.destroy()  # whatever an interrupted run left behind
-    instance.ensure_running()
-    instance.create_database(DB_NAME)
+    instance.ensure_running()  # an empty server: add_shard --create-db makes the database
     yield instance
     unregister_shard_connection("shard_3")
     instance.destroy()
@@ -47,13 +46,14 @@ def test_third_shard_registered_at_run_time_receives_new_devices(shards, third_i
     assert "shard_3" not in serving_shards()
 
     proc = subprocess.run(
-        [sys.executable, "manage.py", "register_shard", "shard_3", "--host", "127.0.0.1",
-         "--port", str(third_instance.port), "--db-name", DB_NAME],
+        [sys.executable, "manage.py", "add_shard", "shard_3", "--host", "127.0.0.1",
+         "--port", str(third_instance.port), "--db-name", DB_NAME, "--create-db"],
         cwd=local_cluster.REPO_ROOT, env=child_process_env(), capture_output=True, text=True,
         timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "registered shard_3" in proc.stdout
+    assert f"database {DB_NAME} created" in proc.stdout
+    assert "registered shard_3" in proc.stdout.splitlines()[-1]
 
     # Nobody tells this process: its registry refresh finds the shard by itself.
     deadline = time.monotonic() + settings.SHARD_REGISTRY_TTL + 5

@@ -27,7 +27,7 @@ class Command(BaseCommand):
         if unknown:
             raise CommandError(f"not registered (or retired): {', '.join(unknown)}")
         if not targets:
-            self.stdout.write("no shards registered; add one with register_shard")
+            self.stdout.write("no shards registered; add one with manage.py add_shard")
             return
         numbers = dict(Shard.objects.filter(alias__in=targets).values_list("alias", "number"))
         for alias in targets:
