@@ -28,6 +28,11 @@ format: bootstrap
 	$(RUFF) check --fix .
 	$(RUFF) format .
 
+# One more shard with a PostgreSQL instance of its own (ALIAS=shard_N, default the next).
+.PHONY: add-shard
+add-shard:
+	$(PYTHON) -m cluster add-shard $(ALIAS)
+
 # Serially this is: bootstrap (once), up, lint, then the tests.
 test: up lint
 	$(PYTEST) $(PYTEST_ARGS)

@@ -1,4 +1,4 @@
-"""`python -m cluster up|down|status|reload|simulate`: the local cluster's command line.
+"""`python -m cluster up|down|status|reload|simulate|add-shard`: the local cluster's CLI.
 
 Everything is derived from core.local_cluster (ports, names, VAR_DIR), the same module
 Django's settings read, so the tool and the app cannot disagree about where things are.
@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cluster import celery_procs, state
+from cluster import celery_procs, extra_shards, state
 from cluster.appnodes import AppNode, app_nodes
-from cluster.django_steps import run_django_steps
+from cluster.django_steps import add_extra_shard, run_django_steps
 from cluster.haproxy import HAProxy
+from cluster.ports import port_in_use
 from cluster.postgres import PostgresInstance
 from cluster.redis import RedisInstance
 from cluster.simulate import simulate
@@ -48,7 +49,7 @@ def shown(path: Path) -> str:
 
 
 def postgres_instances() -> list[tuple[PostgresInstance, str]]:
-    """(instance, database name) for the directory and every configured shard."""
+    """(instance, database name) for the directory, every configured shard and extra shard."""
     root, logs = var_dir() / "pg", var_dir() / "log"
     instances = [
         (
@@ -61,7 +62,24 @@ def postgres_instances() -> list[tuple[PostgresInstance, str]]:
     for alias, (port, dbname) in lc.SHARDS.items():
         port_env = f"FLEET_{alias.upper()}_PORT"
         instances.append((PostgresInstance(alias, port, root, logs, port_env=port_env), dbname))
+    known = {instance.name for instance, _ in instances}
+    for shard in recorded_extra_shards().values():
+        if shard.alias not in known:
+            instances.append((extra_shards.instance(shard, var_dir()), shard.db))
     return instances
+
+
+def recorded_extra_shards() -> dict[str, extra_shards.ExtraShard]:
+    """Shards `add-shard` added to this var dir (var/extra_shards.json)."""
+    return extra_shards.load(extra_shards.state_path(var_dir()))
+
+
+def shard_endpoints() -> dict[str, dict[str, Any]]:
+    """Every shard instance of this cluster, configured and extra, for var/cluster.json."""
+    shards = {alias: _endpoint(port, dbname) for alias, (port, dbname) in lc.SHARDS.items()}
+    for alias, shard in recorded_extra_shards().items():
+        shards.setdefault(alias, _endpoint(shard.port, shard.db))
+    return shards
 
 
 def redis_instance() -> RedisInstance:
@@ -139,7 +157,7 @@ def up() -> int:
 
     data = state.load(state_file())
     data["directory"] = _endpoint(lc.DIRECTORY_PORT, lc.DIRECTORY_DB)
-    data["shards"] = {alias: _endpoint(port, dbname) for alias, (port, dbname) in lc.SHARDS.items()}
+    data["shards"] = shard_endpoints()
     data["redis"] = redis.url()
     data.setdefault("admin_user", None)
     for key in ("admin_password", "web_password"):
@@ -341,6 +359,73 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
+# -- add-shard ------------------------------------------------------------------
+
+
+def reserved_ports() -> set[int]:
+    """Every port the cluster's own components use, running or not."""
+    ports = {lc.DIRECTORY_PORT, lc.REDIS_PORT, lc.HTTP_PORT, lc.STATS_PORT, *lc.APP_PORTS}
+    return ports | {port for port, _ in lc.SHARDS.values()}
+
+
+def add_shard(alias: str | None) -> int:
+    """Start a PostgreSQL instance for a new shard and register it (idempotent per alias).
+
+    Needs the directory running (`up`): the alias is checked against its registry,
+    and `manage.py add_shard` lists the shard there.
+    """
+    directory, directory_db = postgres_instances()[0]
+    if not directory.is_ready():
+        raise ClusterError(
+            f"the directory PostgreSQL ({lc.HOST}:{directory.port}) does not answer; "
+            "start the cluster with `python -m cluster up` first"
+        )
+    path = extra_shards.state_path(var_dir())
+    with extra_shards.locked(var_dir()):
+        recorded = extra_shards.load(path)
+        shard, new = extra_shards.plan(
+            alias,
+            recorded=recorded,
+            configured=[*lc.SHARDS, directory.name],
+            registered=extra_shards.registered_shards(directory, directory_db),
+            reserved_ports=reserved_ports(),
+            base=extra_shards.port_base(),
+            in_use=port_in_use,
+        )
+        print("postgres:")
+        instance = extra_shards.instance(shard, var_dir())
+        started = instance.ensure_running()
+        print(
+            f"  {shard.alias:<10} {lc.HOST}:{shard.port}  "
+            f"{'started' if started else 'already running'}"
+            f"{' (new instance)' if new else ''}, data {shown(instance.data_dir)}",
+            flush=True,
+        )
+        if new:
+            # Recorded once it runs, so `down` and `up` know it even if the next step fails.
+            extra_shards.save(path, {**recorded, shard.alias: shard})
+        data = state.load(state_file())
+        if data:  # `up` made it; keep its list of shards whole
+            data["shards"] = shard_endpoints()
+            state.save(state_file(), data)
+
+        print("django:", flush=True)
+        try:
+            add_extra_shard(shard.alias, shard.port, shard.db, var_dir() / "log" / "manage.log")
+        except ClusterError as exc:
+            raise ClusterError(
+                f"{exc}\n{shard.alias} runs but is not registered; "
+                f"run `python -m cluster add-shard {shard.alias}` again"
+            ) from exc
+    print()
+    print(
+        f"{shard.alias} is active at {lc.HOST}:{shard.port}/{shard.db}. App nodes and workers "
+        "use it within SHARD_REGISTRY_TTL seconds (default 5), without a restart."
+    )
+    print("See it: .venv/bin/python manage.py cluster_status")
+    return 0
+
+
 # -- reload / simulate ----------------------------------------------------------
 
 
@@ -392,6 +477,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("down", help="stop what `up` started")
     commands.add_parser("status", help="show each component; exit 3 unless all answer")
     commands.add_parser("reload", help="gracefully reload every app node (new code)")
+    add = commands.add_parser(
+        "add-shard",
+        help="start a PostgreSQL instance for a new shard and register it (idempotent)",
+        description="Start a new PostgreSQL instance under var/pg/ALIAS on the first free "
+        f"port from ${extra_shards.PORT_BASE_ENV} (default {extra_shards.DEFAULT_PORT_BASE}), "
+        "then run `manage.py add_shard ALIAS --create-db` on it. The shard is recorded in "
+        f"var/{extra_shards.STATE_FILE}, so `up` restarts it, `down` stops it and `status` "
+        "shows it. Running it again for a recorded alias just makes sure it runs and is "
+        "registered. Needs the cluster up.",
+    )
+    add.add_argument(
+        "alias", nargs="?", default=None, help="shard alias (default: the next free shard_N)"
+    )
     sim = commands.add_parser("simulate", help="demo devices upload batches through HAProxy")
     sim.add_argument(
         "--seconds",
@@ -407,6 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": status,
         "reload": reload,
         "simulate": lambda: simulate_command(args.seconds),
+        "add-shard": lambda: add_shard(args.alias),
     }
     try:
         return handlers[args.command]()

@@ -1,5 +1,7 @@
 """Step 3 of `up`: migrate, collect static files, register the shards, seed demo data.
 
+Also `add-shard`'s last step: `manage.py add_shard` for an extra shard's new instance.
+
 Each step is a separate `.venv/bin/python manage.py ...` subprocess so this tool never
 imports Django. stdout/stderr go to var/log/manage.log (secrets redacted from the
 command lines written there); seed_demo's stdout is the JSON result we parse.
@@ -118,3 +120,26 @@ def run_django_steps(
             secrets=(admin_password, web_password),
         )
     return _parse_seed_output(stdout)
+
+
+def add_extra_shard(alias: str, port: int, dbname: str, log_file: Path) -> None:
+    """Create, migrate and register an extra shard's database; its output is shown indented.
+
+    No login is passed: the registry row then names none, and every process uses
+    SHARD_DEFAULT_USER/PASSWORD, the local cluster's login.
+    """
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a") as log:
+        stdout = _manage(
+            [
+                "add_shard",
+                alias,
+                *("--host", HOST, "--port", str(port), "--db-name", dbname),
+                "--create-db",
+            ],
+            log,
+            capture=True,
+        )
+        log.write(stdout)
+    for line in stdout.splitlines():
+        print(f"    {line}")

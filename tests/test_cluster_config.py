@@ -1,10 +1,12 @@
-"""The local cluster's rendered configs: uWSGI nodes, HAProxy in front of them, the simulator.
+"""The local cluster's rendered configs: uWSGI nodes, HAProxy in front of them, the simulator,
+and how `add-shard` picks an extra shard's alias and port.
 
-The renderers are pure, so these tests need no running cluster; `haproxy -c` checks that
-HAProxy itself accepts what we render.
+The renderers and the choice are pure, so these tests need no running cluster;
+`haproxy -c` checks that HAProxy itself accepts what we render.
 """
 
 import configparser
+import re
 import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
@@ -12,10 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from cluster import cli, extra_shards
 from cluster.appnodes import AppNode, app_nodes, render_uwsgi_ini
+from cluster.extra_shards import ExtraShard, next_alias, next_port, plan
 from cluster.haproxy import parse_server_states, render_haproxy_cfg
 from cluster.simulate import POINTS_PER_METRIC, readings_between
 from cluster.util import ClusterError
+from core import local_cluster
 from core.local_cluster import REPO_ROOT
 
 
@@ -164,3 +169,131 @@ def test_simulated_batch_has_twenty_distinct_readings_in_its_window():
     assert len({(r["metric"], r["ts"]) for r in readings}) == 20
     stamps = {datetime.fromisoformat(r["ts"]) for r in readings}
     assert all(start < ts <= end for ts in stamps)
+
+
+# -- extra shards (`python -m cluster add-shard`) ---------------------------------
+
+
+def never_in_use(port: int) -> bool:
+    return False
+
+
+def plan_for(alias: str | None = None, **overrides: object) -> tuple[ExtraShard, bool]:
+    arguments: dict[str, object] = {
+        "recorded": {},
+        "configured": ["shard_1", "shard_2", "directory"],
+        "registered": {"shard_1": "127.0.0.1:55433/fleet_shard_1"},
+        "reserved_ports": {55432, 55433, 55434},
+        "base": 55435,
+        "in_use": never_in_use,
+    }
+    arguments.update(overrides)
+    return plan(alias, **arguments)  # type: ignore[arg-type]
+
+
+def test_next_alias_follows_the_highest_number_and_never_fills_gaps():
+    assert next_alias([]) == "shard_1"
+    assert next_alias(["shard_1", "shard_2"]) == "shard_3"
+    assert next_alias(["shard_1", "shard_7", "shard_x", "eu_1", "directory"]) == "shard_8"
+
+
+def test_next_port_skips_claimed_ports_and_ports_something_listens_on():
+    busy = {55436}
+    port = next_port(55435, taken={55435, 55437}, in_use=lambda p: p in busy)
+    assert port == 55438
+    with pytest.raises(ClusterError, match="no free port"):
+        next_port(65535, taken={65535}, in_use=never_in_use)
+
+
+def test_first_extra_shard_is_shard_3_on_the_base_port():
+    shard, new = plan_for()
+    assert (shard, new) == (ExtraShard("shard_3", 55435, "fleet_shard_3"), True)
+
+
+def test_next_extra_shard_counts_recorded_and_registered_aliases_and_their_ports():
+    recorded = {"shard_3": ExtraShard("shard_3", 55435, "fleet_shard_3")}
+    registered = {"shard_4": "10.0.0.7:5432/fleet_shard_4"}
+    # 55435 is shard_3's even while it is stopped; 55436 is taken by something else.
+    shard, new = plan_for(
+        recorded=recorded, registered=registered, in_use=lambda port: port == 55436
+    )
+    assert (shard, new) == (ExtraShard("shard_5", 55437, "fleet_shard_5"), True)
+
+
+def test_a_recorded_alias_is_reused_as_it_is():
+    recorded = {"eu_1": ExtraShard("eu_1", 55440, "fleet_eu_1")}
+    assert plan_for("eu_1", recorded=recorded) == (recorded["eu_1"], False)
+    shard, new = plan_for("eu_2", recorded=recorded)
+    assert (shard, new) == (ExtraShard("eu_2", 55435, "fleet_eu_2"), True)
+
+
+@pytest.mark.parametrize(
+    ("alias", "message"),
+    [
+        ("shard_2", "instances `python -m cluster up` runs itself"),
+        ("directory", "instances `python -m cluster up` runs itself"),
+        ("shard_1", "instances `python -m cluster up` runs itself"),
+        ("Shard-3", "not a shard alias"),
+        ("3shard", "not a shard alias"),
+        ("x" * 64, "not a shard alias"),
+    ],
+)
+def test_add_shard_refuses_configured_and_malformed_aliases(alias, message):
+    with pytest.raises(ClusterError, match=message):
+        plan_for(alias)
+
+
+def test_an_alias_registered_elsewhere_is_refused():
+    with pytest.raises(ClusterError, match=re.escape("registered at 10.0.0.7:5432/fleet_eu")):
+        plan_for("eu", registered={"eu": "10.0.0.7:5432/fleet_eu"})
+
+
+def test_extra_shard_state_round_trips_and_skips_garbage(tmp_path):
+    path = extra_shards.state_path(tmp_path)
+    shards = {
+        "shard_3": ExtraShard("shard_3", 55435, "fleet_shard_3"),
+        "shard_4": ExtraShard("shard_4", 55436, "fleet_shard_4"),
+    }
+    extra_shards.save(path, shards)
+    assert extra_shards.load(path) == shards
+    path.write_text('{"shard_3": {"port": 55435, "db": "fleet_shard_3"}, "Bad": {"port": 1,'
+                    ' "db": "x"}, "shard_5": {"port": "x"}, "shard_6": 7}')  # fmt: skip
+    assert list(extra_shards.load(path)) == ["shard_3"]
+    assert extra_shards.load(tmp_path / "missing.json") == {}
+
+
+def test_port_base_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv(extra_shards.PORT_BASE_ENV, raising=False)
+    assert extra_shards.port_base() == 55435
+    monkeypatch.setenv(extra_shards.PORT_BASE_ENV, "56435")
+    assert extra_shards.port_base() == 56435
+    monkeypatch.setenv(extra_shards.PORT_BASE_ENV, "lots")
+    with pytest.raises(ClusterError, match=extra_shards.PORT_BASE_ENV):
+        extra_shards.port_base()
+
+
+def test_up_manages_recorded_extra_shards_and_nothing_else(monkeypatch, tmp_path):
+    monkeypatch.setattr(local_cluster, "VAR_DIR", tmp_path)
+    before = [(instance.name, instance.port, db) for instance, db in cli.postgres_instances()]
+    assert [name for name, _, _ in before] == ["directory", *local_cluster.SHARDS]
+    assert cli.shard_endpoints() == {
+        alias: {"host": local_cluster.HOST, "port": port, "db": db}
+        for alias, (port, db) in local_cluster.SHARDS.items()
+    }
+
+    extra_shards.save(
+        extra_shards.state_path(tmp_path),
+        {"shard_3": ExtraShard("shard_3", 55435, "fleet_shard_3")},
+    )
+    after = cli.postgres_instances()
+    assert [(i.name, i.port, db) for i, db in after] == [
+        *before,
+        ("shard_3", 55435, "fleet_shard_3"),
+    ]
+    assert after[-1][0].data_dir == tmp_path / "pg" / "shard_3"
+    assert after[-1][0].log_file == tmp_path / "log" / "shard_3.log"
+    assert cli.shard_endpoints()["shard_3"] == {
+        "host": local_cluster.HOST,
+        "port": 55435,
+        "db": "fleet_shard_3",
+    }
