@@ -5,7 +5,7 @@ the two shard instances (`test_` databases beside the local cluster's own).
 Tests do not run inside Django's TestCase wrappers: those refuse connections
 to any alias registered after the test began, which is exactly what run-time
 shard registration does. Instead, `shards` registers the test shards in the
-directory (as `manage.py register_shard` does), empties the caches, and after
+directory (as `manage.py add_shard` does), empties the caches, and after
 the test truncates every table, so data is committed and visible to worker
 threads and other processes, as in production.
 """
@@ -21,7 +21,12 @@ from django.db import connections
 
 from core import local_cluster
 from core.models import Shard
-from routers.registry import refresh_registry, unregister_shard_connection
+from routers.registry import (
+    connection_settings_for,
+    refresh_registry,
+    register_shard_connection,
+    unregister_shard_connection,
+)
 from shards.registration import ShardLocation, register_shard
 
 TEST_SHARDS = sorted(local_cluster.SHARDS)
@@ -115,6 +120,14 @@ def three_shards(shards, third_shard_location, django_db_blocker) -> Iterator[li
         try:
             yield [*shards, THIRD_SHARD]
         finally:
+            # A test that retired shard_3 made this process drop its alias: re-add it.
+            location = Shard(
+                alias=THIRD_SHARD,
+                host=third_shard_location.host,
+                port=third_shard_location.port,
+                db_name=third_shard_location.db_name,
+            )
+            register_shard_connection(THIRD_SHARD, connection_settings_for(location))
             truncate_all([THIRD_SHARD])
 
 
