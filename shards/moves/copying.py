@@ -17,26 +17,25 @@ from psycopg2 import extensions
 from shards.moves.streams import pipe_copy
 from shards.moves.tables import DeviceTable
 
-# The xid8 of a row's 32-bit xmin, taking the epoch from the current snapshot's
-# xmax (rows are at most one wraparound old relative to it, for the recent rows
-# this is used for); pg_visible_in_snapshot() then tells whether the remembered
-# snapshot saw the row. Xids 0-2 are special (bootstrap/frozen): old rows, seen.
+# The xid8 of a row's 32-bit xmin, with the epoch taken from the reading
+# transaction's own snapshot xmax (%(xmax8)s, fetched once): a row written after
+# the remembered snapshot is at most one wraparound older than that. Then
+# pg_visible_in_snapshot() tells whether the remembered snapshot saw the row.
+# Xids 0-2 are special (bootstrap, frozen): old rows, always seen.
 _XMIN_AS_XID8 = """
-    ((((cur.xmax8 >> 32) - CASE WHEN t.xmin::text::bigint > (cur.xmax8 & 4294967295)
-                               THEN 1 ELSE 0 END) << 32)
+    ((((%(xmax8)s::bigint >> 32) - CASE WHEN t.xmin::text::bigint > (%(xmax8)s::bigint & 4294967295)
+                                       THEN 1 ELSE 0 END) << 32)
      | t.xmin::text::bigint)::text::xid8
 """
-_CURRENT_XMAX = "(SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax8) cur"
 
 
 def select_device_rows(table: DeviceTable, since_snapshot: str | None) -> str:
     """The SELECT that reads a device's rows (all, or those the snapshot did not see)."""
-    query = f"SELECT {_qualified(table)} FROM {table.name} t"
+    query = f"SELECT {_qualified(table)} FROM {table.name} t WHERE t.device_id = %(device_id)s"
     if since_snapshot is None:
-        return query + " WHERE t.device_id = %(device_id)s"
+        return query
     return (
-        query + f", {_CURRENT_XMAX} WHERE t.device_id = %(device_id)s"
-        " AND t.xmin::text::bigint > 2"
+        query + " AND t.xmin::text::bigint > 2"
         f" AND NOT pg_visible_in_snapshot({_XMIN_AS_XID8}, %(snapshot)s::pg_snapshot)"
     )
 
@@ -59,14 +58,34 @@ def copy_device_rows(
     transaction commits only when every table arrived; the source's is read-only.
     """
     source.set_session(isolation_level=extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
-    copied: dict[str, int] = {}
+    copied = dict.fromkeys((table.name for table in tables), 0)
     try:
         with source.cursor() as source_cursor, target.cursor() as target_cursor:
-            source_cursor.execute("SELECT pg_current_snapshot()::text")
-            snapshot = source_cursor.fetchone()[0]
-            params = {"device_id": device_id, "snapshot": since_snapshot}
+            source_cursor.execute(
+                "SELECT pg_current_snapshot()::text,"
+                " pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+            )
+            snapshot, xmax8 = source_cursor.fetchone()
+            params = {"device_id": device_id, "snapshot": since_snapshot, "xmax8": xmax8}
+            if since_snapshot is not None:
+                # The remainder is usually a few rows in one or two tables: find which
+                # first, in one round trip, and leave the others alone.
+                tables = _tables_with_rows(source_cursor, tables, since_snapshot, params)
             for table in tables:
                 select = source_cursor.mogrify(select_device_rows(table, since_snapshot), params)
+                if since_snapshot is None and not _has_rows(target_cursor, table, device_id):
+                    # The usual bulk pass: nothing to merge with, so COPY straight in.
+                    pipe_copy(
+                        source_cursor,
+                        select.decode(),
+                        target_cursor,
+                        f"{table.name} ({table.column_list})",
+                    )
+                    target_cursor.execute(
+                        f"SELECT count(*) FROM {table.name} WHERE device_id = %s", [device_id]
+                    )
+                    copied[table.name] = target_cursor.fetchone()[0]
+                    continue
                 stage = f"move_stage_{table.name}"
                 target_cursor.execute(
                     f"CREATE TEMP TABLE {stage} (LIKE {table.name}) ON COMMIT DROP"
@@ -86,6 +105,22 @@ def copy_device_rows(
         source.rollback()
         source.set_session(isolation_level=extensions.ISOLATION_LEVEL_DEFAULT, readonly=False)
     return copied, snapshot
+
+
+def _has_rows(cursor: Any, table: DeviceTable, device_id: int) -> bool:
+    cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {table.name} WHERE device_id = %s)", [device_id])
+    return cursor.fetchone()[0]
+
+
+def _tables_with_rows(
+    cursor: Any, tables: list[DeviceTable], since_snapshot: str, params: dict[str, Any]
+) -> list[DeviceTable]:
+    counts = " UNION ALL ".join(
+        f"SELECT {position}, count(*) FROM ({select_device_rows(table, since_snapshot)}) rows"
+        for position, table in enumerate(tables)
+    )
+    cursor.execute(counts, params)
+    return [tables[position] for position, count in cursor.fetchall() if count]
 
 
 def delete_device_rows(cursor: Any, device_id: int, tables: list[DeviceTable]) -> dict[str, int]:

@@ -1,9 +1,10 @@
 """Checking a copy: per-table row counts and checksums on both shards, and what differs.
 
-The checksum is the sum of a 64-bit hash of each row's text, so it needs no
-sort and both servers compute it in parallel. Both connections render rows
-with the same session settings (streams.SESSION_SETTINGS). Only when a table
-disagrees are its keys fetched, to name the rows that differ.
+The checksum is the sum of a 64-bit hash of each row (hash_record_extended:
+every column hashed by its type's extended hash, the stable kind hash
+partitioning relies on), so it needs no sort and both servers compute it in
+parallel. Only when a table disagrees are its keys fetched, to name the rows
+that differ.
 """
 
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +37,7 @@ def _checksums(connection: Any, device_id: int, tables: list[DeviceTable]) -> di
     with connection.cursor() as cursor:
         for table in tables:
             cursor.execute(
-                f"SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)::numeric), 0)::text"
+                f"SELECT count(*), coalesce(sum(hash_record_extended(t, 0)::numeric), 0)::text"
                 f" FROM {table.name} t WHERE t.device_id = %s",
                 [device_id],
             )
@@ -49,8 +50,7 @@ def _row_hashes(connection: Any, device_id: int, table: DeviceTable) -> dict[str
     keys = " || '/' || ".join(f't."{column}"::text' for column in table.key_columns)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT {keys}, hashtextextended(t::text, 0) FROM {table.name} t"
-            f" WHERE t.device_id = %s",
+            f"SELECT {keys}, hash_record_extended(t, 0) FROM {table.name} t WHERE t.device_id = %s",
             [device_id],
         )
         rows = dict(cursor.fetchall())
