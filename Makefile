@@ -37,7 +37,9 @@ add-shard:
 test: up lint
 	$(PYTEST) $(PYTEST_ARGS)
 
-# Ingest throughput of the import path against raw COPY on shard_1 (docs/benchmarks.md).
+# Ingest against raw COPY on shard_1; moving devices against raw COPY between two
+# shards and the writer stall under load (docs/benchmarks.md).
 .PHONY: bench
 bench: up
 	$(PYTHON) bench/ingest_bench.py --readings 200000
+	$(PYTHON) bench/move_bench.py --readings 200000
