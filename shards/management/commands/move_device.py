@@ -4,6 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from core.devices import find_device
 from core.models import Device, MoveJob
+from shards.moves.cleanup import clean_up_due_moves
 from shards.moves.protocol import MoveError, interrupted_moves, move_device, rollback_move, run_move
 from shards.moves.report import PhaseBar, describe_job, job_summary
 
@@ -33,13 +34,26 @@ class Command(BaseCommand):
             "--rollback", type=int, metavar="JOB", help="Undo a job that has not switched."
         )
         parser.add_argument("--list", action="store_true", help="Show the latest move jobs.")
+        parser.add_argument(
+            "--cleanup",
+            action="store_true",
+            help="Remove old rows of moves whose grace period is over now (a beat task does"
+            " this every minute).",
+        )
         parser.add_argument("--json", action="store_true", help="Print JSON on stdout only.")
 
     def handle(self, *args, **options):
         self.as_json = options["json"]
-        chosen = [options["resume"], options["rollback"] is not None, options["list"]]
+        chosen = [
+            options["resume"],
+            options["rollback"] is not None,
+            options["list"],
+            options["cleanup"],
+        ]
         if sum(chosen) > 1 or (any(chosen) and options["device"]):
-            raise CommandError("give DEVICE SHARD, or one of --resume, --rollback, --list")
+            raise CommandError(
+                "give DEVICE SHARD, or one of --resume, --rollback, --list, --cleanup"
+            )
         try:
             if options["resume"]:
                 jobs = self.resume()
@@ -47,6 +61,8 @@ class Command(BaseCommand):
                 jobs = [self.rollback(options["rollback"])]
             elif options["list"]:
                 jobs = list(MoveJob.objects.order_by("-id")[:20])
+            elif options["cleanup"]:
+                jobs = clean_up_due_moves()
             else:
                 if not options["device"] or not options["shard"]:
                     raise CommandError("give the device and the shard to move it to")
