@@ -41,7 +41,8 @@ def _manage(
     print(f"  {shown}", flush=True)
     log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} $ {shown}\n")
     log.flush()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Explicit: a caller such as pytest may have exported another settings module.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "DJANGO_SETTINGS_MODULE": "core.settings"}
     try:
         proc = subprocess.run(
             [venv_python(), str(manage_py()), *args],
