@@ -1,0 +1,180 @@
+"""Shard operations on a real cluster while devices keep uploading through HAProxy.
+
+A shard is added (a new PostgreSQL instance) and a rebalance moves devices onto
+it; a rebalance spreads heavy devices over three shards; a shard is drained and
+retired. Meanwhile every device uploads continuously and retries like a real
+one. Afterwards: no upload failed, every acknowledged reading is stored exactly
+once on the device's current shard only (old copies cleaned up), and the moves
+were verified. The tests run in this order and build on each other's shards.
+"""
+
+import json
+import time
+from contextlib import closing
+from datetime import timedelta
+
+import pytest
+
+from tests.e2e.conftest import E2E_ENV, E2ECluster
+from tests.e2e.device_load import T0, DeviceLoad, DeviceRecord, post_upload
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+WARM_UP = 2.0
+NEW_SHARD = "shard_3"
+BULK_BATCHES = 2
+BULK_READINGS = 5000
+
+
+def report(capsys, message: str) -> None:
+    with capsys.disabled():
+        print(message, flush=True)
+
+
+def everyone(fleet: dict[str, list[DeviceRecord]]) -> list[DeviceRecord]:
+    return [device for devices in fleet.values() for device in devices]
+
+
+def clean_up_old_copies(cluster: E2ECluster) -> None:
+    """Wait out the grace period, then remove moved devices' rows from their old shards."""
+    time.sleep(float(E2E_ENV["MOVE_CLEANUP_GRACE_SECONDS"]) + 0.5)
+    cluster.manage("move_device", "--cleanup")
+
+
+def moves_of(cluster: E2ECluster, device_ids: set[int]) -> list[tuple]:
+    directory = cluster.info["directory"]
+    with closing(cluster.connect(directory["port"], directory["db"])) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT device_id, source_id, target_id, phase, stall_ms,"
+            " (verification->>'ok')::boolean FROM core_movejob"
+            " WHERE device_id = ANY(%s) ORDER BY id",
+            [sorted(device_ids)],
+        )
+        return cur.fetchall()
+
+
+def assert_moves_clean(moves: list[tuple]) -> list[float]:
+    """Every move finished (cleaned up) with a verified copy; returns the stalls in ms."""
+    assert moves, "no device was moved"
+    for device_id, source, target, phase, _stall, verified in moves:
+        assert phase == "done", f"move of {device_id} {source}->{target} ended {phase}"
+        assert verified, f"move of {device_id} {source}->{target} was not verified"
+    return [stall for *_, stall, _ in moves]
+
+
+def upload_bulk(cluster: E2ECluster, device: DeviceRecord) -> None:
+    """Give a device many readings (older than the load's), so a rows-rebalance moves it."""
+    for batch in range(BULK_BATCHES):
+        start = T0 - timedelta(days=10 + batch)
+        readings = [
+            {"ts": (start + timedelta(seconds=i)).isoformat(), "metric": "bulk", "value": i}
+            for i in range(BULK_READINGS)
+        ]
+        body = json.dumps({"batch_id": f"bulk-{batch}", "readings": readings}).encode()
+        status, data, error = post_upload(cluster.url, device.token, body)
+        assert status == 202, (status, data, error)
+        device.extra_readings += BULK_READINGS
+
+
+def test_add_shard_under_load_and_rebalance_onto_it(e2e_cluster: E2ECluster, fleet, capsys):
+    devices = everyone(fleet)
+    ids = {d.device_id for d in devices}
+    load = DeviceLoad(e2e_cluster.url, devices).start()
+    try:
+        time.sleep(WARM_UP)
+        e2e_cluster.tool("add-shard", NEW_SHARD)
+        e2e_cluster.reload_info()
+        assert NEW_SHARD in e2e_cluster.info["shards"]
+        e2e_cluster.manage("rebalance", "--cost", "devices")
+        time.sleep(WARM_UP)  # devices keep reporting after the moves
+    finally:
+        load.stop()
+    clean_up_old_copies(e2e_cluster)
+
+    placement = e2e_cluster.placements()
+    on_new = [device_id for device_id, alias in placement.items() if alias == NEW_SHARD]
+    assert on_new, f"the rebalance moved nothing onto {NEW_SHARD}"
+    assert load.failures() == [], load.failures()[:5]
+    assert load.unexpected == []
+    summary = e2e_cluster.assert_exactly_once(devices)
+    report(
+        capsys,
+        f"\n[add shard + rebalance] {len(on_new)} devices now on {NEW_SHARD}, of them"
+        f" {len(ids & set(on_new))} under load; {len(load.attempts)} uploads, 0 failed;"
+        f" readings acknowledged {summary['acknowledged']} = stored {summary['stored']}",
+    )
+
+
+def test_rebalance_between_three_shards_under_load(e2e_cluster: E2ECluster, fleet, capsys):
+    e2e_cluster.tool("add-shard", NEW_SHARD)  # already there when the test above ran
+    e2e_cluster.reload_info()
+    devices = everyone(fleet)
+    ids = {d.device_id for d in devices}
+    for device in devices:
+        upload_bulk(e2e_cluster, device)
+    load = DeviceLoad(e2e_cluster.url, devices).start()
+    try:
+        time.sleep(WARM_UP)
+        # Pile the heavy devices onto shard_1, then let the rebalance spread them.
+        for device in devices:
+            if e2e_cluster.placements()[device.device_id] != "shard_1":
+                e2e_cluster.manage("move_device", str(device.device_id), "shard_1")
+        assert {e2e_cluster.placements()[i] for i in ids} == {"shard_1"}
+        e2e_cluster.manage("rebalance", "--cost", "rows")
+        time.sleep(WARM_UP)
+    finally:
+        load.stop()
+    clean_up_old_copies(e2e_cluster)
+
+    placement = e2e_cluster.placements()
+    spread = {placement[i] for i in ids}
+    assert len(spread) == 3, f"heavy devices should spread over three shards, are on {spread}"
+    assert load.failures() == [], load.failures()[:5]
+    assert load.unexpected == []
+    stalls = assert_moves_clean(moves_of(e2e_cluster, ids))
+    summary = e2e_cluster.assert_exactly_once(devices)
+    report(
+        capsys,
+        f"\n[rebalance, 3 shards] {len(stalls)} moves of {len(ids)} devices under load,"
+        f" spread {sorted(spread)}; writers held max {max(stalls):.0f} ms;"
+        f" {len(load.attempts)} uploads, 0 failed; readings acknowledged"
+        f" {summary['acknowledged']} = stored {summary['stored']}",
+    )
+
+
+def test_drain_shard_under_load(e2e_cluster: E2ECluster, fleet, capsys):
+    e2e_cluster.tool("add-shard", NEW_SHARD)
+    e2e_cluster.reload_info()
+    devices = everyone(fleet)
+    ids = {d.device_id for d in devices}
+    load = DeviceLoad(e2e_cluster.url, devices).start()
+    try:
+        time.sleep(WARM_UP)
+        for device in devices:  # make sure the drain has devices under load to move
+            if e2e_cluster.placements()[device.device_id] != NEW_SHARD:
+                e2e_cluster.manage("move_device", str(device.device_id), NEW_SHARD)
+                break
+        e2e_cluster.manage("drain_shard", NEW_SHARD, "--wait")
+        time.sleep(WARM_UP)
+    finally:
+        load.stop()
+    clean_up_old_copies(e2e_cluster)
+
+    placement = e2e_cluster.placements()
+    assert NEW_SHARD not in placement.values()
+    directory = e2e_cluster.info["directory"]
+    with (
+        closing(e2e_cluster.connect(directory["port"], directory["db"])) as conn,
+        conn.cursor() as cur,
+    ):
+        cur.execute("SELECT state FROM core_shard WHERE alias = %s", [NEW_SHARD])
+        assert cur.fetchone()[0] == "retired"
+    assert load.failures() == [], load.failures()[:5]
+    assert load.unexpected == []
+    summary = e2e_cluster.assert_exactly_once(devices)
+    report(
+        capsys,
+        f"\n[drain {NEW_SHARD}] retired with {len(ids)} devices uploading;"
+        f" {len(load.attempts)} uploads, 0 failed; readings acknowledged"
+        f" {summary['acknowledged']} = stored {summary['stored']}",
+    )
