@@ -1,0 +1,230 @@
+import json
+from typing import Any
+
+from django.core.management.base import CommandError, CommandParser
+
+from core.models import MoveJob, Rebalance
+from shards.moves.report import job_summary
+from shards.rebalance.cli import OpsCommand, add_cost_argument, command_errors
+from shards.rebalance.costs import gather_fleet
+from shards.rebalance.locks import exclusive_runner
+from shards.rebalance.planner import Plan, plan_rebalance
+from shards.rebalance.progress import MovesProgress
+from shards.rebalance.report import counts, plan_lines, run_lines, run_summary
+from shards.rebalance.runner import (
+    create_run,
+    execute,
+    finish_interrupted_moves,
+    interrupted_runs,
+    refuse_interrupted,
+    request_stop,
+    resume_run,
+)
+
+EXAMPLES = """\
+examples:
+  manage.py rebalance --dry-run                  # the plan by rows; nothing changes
+  manage.py rebalance                            # plan and run it, with progress bars
+  manage.py rebalance --cost devices --max-moves 10
+  manage.py rebalance --min-improvement 0.002    # many small devices: allow smaller steps
+  manage.py rebalance --status                   # latest runs: each move's phase, rows, stall
+  manage.py rebalance --stop                     # from another terminal: stop after this move
+  manage.py rebalance --resume                   # after the runner was killed
+"""
+
+
+class Command(OpsCommand):
+    examples = EXAMPLES
+    help = """\
+Spread devices over the active shards in proportion to their weights: a shard with
+twice the weight should hold twice the cost, a shard of weight 0 nothing that can
+move. The cost is chosen with --cost: devices, rows (the default) or bytes; each
+shard is asked in parallel what each device it owns costs there.
+
+The plan is greedy: from the shard most over its share to the one most under it,
+move the device that lowers the cost sitting on the wrong shard the most, as long
+as a move lowers it by at least --min-improvement of the total cost; then stop.
+Each device moves at most once per run. Pinned devices (create_device --pin,
+pin_device) never move; devices being moved are left alone; draining shards and
+shards of weight 0 (pin_device --dedicate) keep only their pinned devices.
+
+A run is recorded and makes its moves one after another, each an online move as
+with move_device: the device keeps reporting, writers wait only for the short
+fenced window. A move that fails is reported and the run goes on with the next;
+the exit status is 1 if any failed. Only one rebalance or drain runs at a time.
+
+--stop asks the running rebalance (in whatever process) to stop after its current
+move. A run whose process died (killed, machine lost) is "interrupted": --resume
+first finishes every interrupted move job, then makes the run's remaining moves;
+interrupted drains (drain_shard) are continued the same way. --stop on an
+interrupted run abandons it."""
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        add_cost_argument(parser)
+        parser.add_argument(
+            "--min-improvement",
+            type=float,
+            default=0.02,
+            metavar="FRACTION",
+            help="Plan a move only if it lowers the cost on the wrong shard by at least this"
+            " fraction of the total cost (default 0.02, i.e. 2%%). With many small devices"
+            " each move is worth little: lower it (0 allows any move that helps).",
+        )
+        parser.add_argument(
+            "--max-moves", type=int, metavar="N", help="Plan at most N moves (default: no limit)."
+        )
+        parser.add_argument(
+            "--dry-run", action="store_true", help="Print the plan and loads; change nothing."
+        )
+        parser.add_argument(
+            "--stop",
+            nargs="?",
+            type=int,
+            const=0,
+            metavar="RUN",
+            help="Ask the running rebalance or drain (or run RUN) to stop after its current"
+            " move; an interrupted one is marked stopped at once.",
+        )
+        parser.add_argument(
+            "--status",
+            action="store_true",
+            help="Show the latest runs (see --last): each planned move with its job's"
+            " phase, rows copied and how long writers were held.",
+        )
+        parser.add_argument(
+            "--last", type=int, default=3, metavar="N", help="Runs shown by --status (default 3)."
+        )
+        parser.add_argument(
+            "--resume",
+            action="store_true",
+            help="Finish interrupted move jobs, then continue interrupted runs.",
+        )
+        parser.add_argument(
+            "--json",
+            action="store_true",
+            help="Print only JSON on stdout: {dry_run, cost, plan, run} for a rebalance,"
+            " {runs} for --status, {resumed_jobs, runs} for --resume, {run, state, message}"
+            " for --stop. Progress bars are off.",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        self.as_json = options["json"]
+        modes = [options["stop"] is not None, options["status"], options["resume"]]
+        if sum(modes) > 1 or (any(modes) and options["dry_run"]):
+            raise CommandError("give one of --stop, --status, --resume, or plan a rebalance")
+        if options["min_improvement"] < 0 or (options["max_moves"] or 0) < 0:
+            raise CommandError("--min-improvement and --max-moves cannot be negative")
+        with command_errors():
+            if options["stop"] is not None:
+                self.stop(options["stop"] or None)
+            elif options["status"]:
+                self.status(options["last"])
+            elif options["resume"]:
+                self.resume()
+            else:
+                self.rebalance(options)
+
+    def emit(self, payload: dict[str, Any]) -> None:
+        self.stdout.write(json.dumps(payload, indent=2, default=str))
+
+    def make_plan(self, options: dict[str, Any]) -> Plan:
+        shards, devices = gather_fleet(options["cost"])
+        return plan_rebalance(
+            shards,
+            devices,
+            min_improvement=options["min_improvement"],
+            max_moves=options["max_moves"],
+        )
+
+    def rebalance(self, options: dict[str, Any]) -> None:
+        cost = options["cost"]
+        if options["dry_run"]:
+            plan = self.make_plan(options)
+            if self.as_json:
+                self.emit({"dry_run": True, "cost": cost, "plan": plan.as_json(), "run": None})
+            else:
+                self.stdout.write("\n".join(plan_lines(plan, cost)))
+                self.stdout.write("dry run: nothing was changed")
+            return
+        with exclusive_runner() as lock:
+            refuse_interrupted()
+            plan = self.make_plan(options)
+            if not self.as_json:
+                self.stdout.write("\n".join(plan_lines(plan, cost)))
+            if not plan.moves:
+                if self.as_json:
+                    self.emit({"dry_run": False, "cost": cost, "plan": plan.as_json(), "run": None})
+                else:
+                    self.stdout.write("nothing to move")
+                return
+            run = create_run(lock, kind="rebalance", cost=cost, plan=plan)
+            self.run_to_end(
+                run, lambda: execute(run, lock, MovesProgress(enabled=not self.as_json))
+            )
+        if self.as_json:
+            self.emit(
+                {"dry_run": False, "cost": cost, "plan": plan.as_json(), "run": run_summary(run)}
+            )
+        else:
+            self.stdout.write("")
+            self.stdout.write("\n".join(run_lines(run)))
+        self.exit_if_failed([run])
+
+    def run_to_end(self, run: Rebalance, work: Any) -> None:
+        try:
+            work()
+        except Exception as exc:
+            run.refresh_from_db()
+            raise CommandError(
+                f"{run.kind} {run.pk} stopped by an error: {exc}. `rebalance --resume`"
+                " finishes any move job it left in flight; then plan again."
+            ) from exc
+
+    def exit_if_failed(self, runs: list[Rebalance]) -> None:
+        if any(counts(run)["failed"] for run in runs):
+            raise SystemExit(1)
+
+    def stop(self, run_id: int | None) -> None:
+        run, message = request_stop(run_id)
+        if self.as_json:
+            self.emit({"run": run.pk, "state": run.state, "message": message})
+        else:
+            self.stdout.write(message)
+
+    def status(self, last: int) -> None:
+        runs = list(Rebalance.objects.order_by("-id")[: max(last, 1)])
+        if self.as_json:
+            self.emit({"runs": [run_summary(run) for run in runs]})
+            return
+        if not runs:
+            self.stdout.write("no rebalance or drain has run yet")
+        for run in runs:
+            self.stdout.write("\n".join(run_lines(run)))
+            self.stdout.write("")
+
+    def resume(self) -> None:
+        progress = MovesProgress(enabled=not self.as_json)
+        resumed: list[Rebalance] = []
+        with exclusive_runner() as lock:
+            jobs: list[MoveJob] = finish_interrupted_moves(progress)
+            for run in interrupted_runs():
+                self.run_to_end(run, lambda run=run: resume_run(run, lock, progress))
+                resumed.append(run)
+        if self.as_json:
+            self.emit(
+                {
+                    "resumed_jobs": [job_summary(job) for job in jobs],
+                    "runs": [run_summary(run) for run in resumed],
+                }
+            )
+        else:
+            if not jobs and not resumed:
+                self.stdout.write("nothing to resume: no interrupted move jobs or runs")
+            if jobs:
+                self.stdout.write(f"finished {len(jobs)} interrupted move job(s)")
+            for run in resumed:
+                self.stdout.write("\n".join(run_lines(run)))
+                if run.kind.startswith("drain:"):
+                    alias = run.kind.split(":", 1)[1]
+                    self.stdout.write(f"run `drain_shard {alias}` to retire {alias} once empty")
+        self.exit_if_failed(resumed)
