@@ -1,0 +1,220 @@
+import json
+import time
+from typing import Any
+
+from django.core.management.base import CommandError, CommandParser
+from django.utils import timezone
+
+from core.models import Rebalance, Shard
+from shards.rebalance.cli import OpsCommand, add_cost_argument, command_errors
+from shards.rebalance.costs import gather_fleet
+from shards.rebalance.drain import (
+    RetireStatus,
+    drain_kind,
+    get_shard,
+    mark_draining,
+    pinned_on,
+    try_retire,
+)
+from shards.rebalance.locks import exclusive_runner
+from shards.rebalance.planner import Plan, plan_drain
+from shards.rebalance.progress import MovesProgress
+from shards.rebalance.report import counts, plan_lines, run_lines, run_summary
+from shards.rebalance.runner import (
+    RebalanceError,
+    check_kind,
+    create_run,
+    execute,
+    finish_interrupted_moves,
+    refuse_interrupted,
+    resume_run,
+)
+
+EXAMPLES = """\
+examples:
+  manage.py drain_shard shard_2 --dry-run        # where its devices would go; nothing changes
+  manage.py drain_shard shard_2                  # drain it; retire it if it can be already
+  manage.py drain_shard shard_2 --wait           # ... and wait until it can be retired
+  manage.py drain_shard shard_2                  # again later: continues, then retires
+  manage.py drain_shard shard_2 --include-pinned # pinned devices move too (and stay pinned)
+"""
+
+# A retirement that waits for cleanup looks again this long after the grace period ends.
+WAIT_MARGIN_SECONDS = 1.0
+
+
+class Command(OpsCommand):
+    examples = EXAMPLES
+    help = """\
+Take a shard out of service. It is marked draining at once, so new devices no
+longer go there (nor do rebalanced ones); then every device on it moves, online
+and one after another, to the active shard least loaded for its weight (by
+--cost, rows by default), largest first. The moves are recorded as a run of kind
+drain:<alias>, shown by `rebalance --status`.
+
+Pinned devices block a drain: it refuses, names them and changes nothing, unless
+--include-pinned is given; then they move too and stay pinned on their new shard.
+
+When the shard holds no device any more it is retired (never used again; its
+alias and number are never reused), but only once the old rows of every device
+moved off it are cleaned up: that happens when a move's grace period
+(MOVE_CLEANUP_GRACE_SECONDS) has passed, and this command does it then itself.
+Until then it says when to run it again; with --wait it sleeps until then.
+
+Running it again is always safe and continues where it stopped: it finishes
+interrupted move jobs, continues an interrupted drain of this shard, moves what is
+still there and retires the shard when it can (`rebalance --resume` also continues
+an interrupted drain, without retiring). `rebalance --stop` stops a drain after
+its current move; the shard stays draining. The exit status is 1 if devices are
+left on the shard other than by waiting for cleanup."""
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("alias", help="The shard to drain, e.g. shard_2.")
+        add_cost_argument(parser)
+        parser.add_argument(
+            "--include-pinned",
+            action="store_true",
+            help="Move pinned devices as well; they stay pinned on their new shard.",
+        )
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="Print where each device would go and the loads; change nothing (the shard"
+            " is not even marked draining).",
+        )
+        parser.add_argument(
+            "--wait",
+            action="store_true",
+            help="Once the shard is empty, sleep until the moves' grace period has passed,"
+            " clean up and retire it.",
+        )
+        parser.add_argument(
+            "--json",
+            action="store_true",
+            help="Print only JSON on stdout: {alias, dry_run, plan, runs, retire}."
+            " Progress bars are off.",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        self.as_json = options["json"]
+        alias = options["alias"]
+        with command_errors():
+            shard = get_shard(alias)
+            if shard.state == Shard.State.RETIRED:
+                self.finish(alias, None, [], try_retire(alias))
+                return
+            if options["dry_run"]:
+                self.dry_run(alias, options)
+                return
+            check_kind(drain_kind(alias))
+            self.refuse_pinned(alias, options["include_pinned"])
+            plan, runs = self.drain(alias, options)
+            status = try_retire(alias)
+            if options["wait"]:
+                status = self.wait_for_retirement(alias, status)
+        self.finish(alias, plan, runs, status)
+
+    def emit(self, payload: dict[str, Any]) -> None:
+        self.stdout.write(json.dumps(payload, indent=2, default=str))
+
+    def say(self, message: str) -> None:
+        if not self.as_json:
+            self.stdout.write(message)
+
+    def make_plan(self, alias: str, options: dict[str, Any]) -> Plan:
+        shards, devices = gather_fleet(options["cost"])
+        return plan_drain(shards, devices, alias, include_pinned=options["include_pinned"])
+
+    def dry_run(self, alias: str, options: dict[str, Any]) -> None:
+        plan = self.make_plan(alias, options)
+        if self.as_json:
+            self.emit({"alias": alias, "dry_run": True, "plan": plan.as_json(), "runs": []})
+            return
+        self.stdout.write("\n".join(plan_lines(plan, options["cost"])))
+        if plan.blocked:
+            self.stdout.write(
+                f"a drain would refuse: {len(plan.blocked)} pinned devices (see above);"
+                " unpin them or use --include-pinned"
+            )
+        self.stdout.write("dry run: nothing was changed")
+
+    def refuse_pinned(self, alias: str, include_pinned: bool, *, draining: bool = False) -> None:
+        pinned = pinned_on(alias)
+        if pinned and not include_pinned:
+            names = ", ".join(f"{serial} ({pk})" for pk, serial in pinned)
+            changed = (
+                f"{alias} stays draining; run `drain_shard {alias}` again then."
+                if draining
+                else "Nothing was changed."
+            )
+            raise RebalanceError(
+                f"{alias} holds {len(pinned)} pinned devices: {names}. Unpin them"
+                " (`pin_device SERIAL --unpin`), move them (`move_device`), or drain with"
+                f" --include-pinned (they move and stay pinned). {changed}"
+            )
+
+    def drain(self, alias: str, options: dict[str, Any]) -> tuple[Plan, list[Rebalance]]:
+        """Continue an interrupted drain of `alias`, then move whatever is still on it."""
+        progress = MovesProgress(enabled=not self.as_json)
+        runs = []
+        with exclusive_runner() as lock:
+            earlier = refuse_interrupted(except_kind=drain_kind(alias))
+            mark_draining(alias)
+            self.say(f"{alias} is draining: no new devices go there")
+            finish_interrupted_moves(progress)
+            for run in earlier:
+                self.say(f"continuing the interrupted {run.kind} {run.pk}")
+                self.run_to_end(run, lambda run=run: resume_run(run, lock, progress))
+                runs.append(run)
+            plan = self.make_plan(alias, options)
+            if plan.blocked:  # pinned since the check above
+                self.refuse_pinned(alias, options["include_pinned"], draining=True)
+            self.say("\n".join(plan_lines(plan, options["cost"])))
+            if plan.moves:
+                run = create_run(lock, kind=drain_kind(alias), cost=options["cost"], plan=plan)
+                self.run_to_end(run, lambda: execute(run, lock, progress))
+                runs.append(run)
+        return plan, runs
+
+    def run_to_end(self, run: Rebalance, work: Any) -> None:
+        try:
+            work()
+        except Exception as exc:
+            run.refresh_from_db()
+            raise CommandError(
+                f"{run.kind} {run.pk} stopped by an error: {exc}. Run `drain_shard"
+                f" {run.kind.split(':', 1)[1]}` again to continue."
+            ) from exc
+
+    def wait_for_retirement(self, alias: str, status: RetireStatus) -> RetireStatus:
+        while status.only_waiting and status.wait_until is not None:
+            seconds = (status.wait_until - timezone.now()).total_seconds() + WAIT_MARGIN_SECONDS
+            if not self.as_json:
+                self.stderr.write(
+                    f"waiting {max(seconds, 0):.0f}s for the moves' grace period, then retiring"
+                )
+            time.sleep(max(seconds, 0.1))
+            status = try_retire(alias)
+        return status
+
+    def finish(
+        self, alias: str, plan: Plan | None, runs: list[Rebalance], status: RetireStatus
+    ) -> None:
+        if self.as_json:
+            self.emit(
+                {
+                    "alias": alias,
+                    "dry_run": False,
+                    "plan": plan.as_json() if plan else None,
+                    "runs": [run_summary(run) for run in runs],
+                    "retire": status.as_json(),
+                }
+            )
+        else:
+            for run in runs:
+                self.stdout.write("")
+                self.stdout.write("\n".join(run_lines(run)))
+            self.stdout.write(status.message())
+        failed = any(counts(run)["failed"] for run in runs)
+        if failed or not (status.retired or status.only_waiting):
+            raise SystemExit(1)
