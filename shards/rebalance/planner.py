@@ -205,7 +205,7 @@ def plan_rebalance(
     shards: list[ShardSpec],
     devices: list[DeviceSpec],
     *,
-    min_improvement: float = 0.02,
+    min_improvement: float = 0.002,
     max_moves: int | None = None,
 ) -> Plan:
     """Greedy moves from over- to under-loaded shards; see the module docstring."""

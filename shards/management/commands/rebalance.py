@@ -64,11 +64,12 @@ interrupted run abandons it."""
         parser.add_argument(
             "--min-improvement",
             type=float,
-            default=0.02,
+            default=0.002,
             metavar="FRACTION",
             help="Plan a move only if it lowers the cost on the wrong shard by at least this"
-            " fraction of the total cost (default 0.02, i.e. 2%%). With many small devices"
-            " each move is worth little: lower it (0 allows any move that helps).",
+            " fraction of the total cost (default 0.002, i.e. 0.2%%: a fleet of up to 500"
+            " similar devices balances fully). Raise it to skip small moves; with more"
+            " devices lower it (0 allows any move that helps).",
         )
         parser.add_argument(
             "--max-moves", type=int, metavar="N", help="Plan at most N moves (default: no limit)."
