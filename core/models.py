@@ -164,7 +164,7 @@ class Rebalance(models.Model):
         BYTES = "bytes", "bytes"
 
     kind = models.CharField(
-        max_length=16, default="rebalance", help_text="rebalance, or drain:<alias> for a drain."
+        max_length=80, default="rebalance", help_text="rebalance, or drain:<alias> for a drain."
     )
     state = models.CharField(max_length=16, choices=State.choices, default=State.RUNNING)
     cost = models.CharField(max_length=16, choices=Cost.choices, default=Cost.ROWS)

@@ -10,7 +10,7 @@ import logging
 
 from django.utils import timezone
 
-from core.models import MoveJob, Placement
+from core.models import MoveJob, Placement, Shard
 from shards.models import DeviceFence
 from shards.moves.copying import delete_device_rows
 from shards.moves.protocol import fence_state
@@ -48,11 +48,12 @@ def clean_up_move(job: MoveJob) -> dict[str, int]:
 
 def clean_up_due_moves() -> list[MoveJob]:
     """Clean up every released job whose grace period is over; a failing shard is skipped."""
-    due = MoveJob.objects.filter(
-        phase=MoveJob.Phase.RELEASED, cleanup_after__lte=timezone.now()
-    ).order_by("id")
+    due = MoveJob.objects.filter(phase=MoveJob.Phase.RELEASED, cleanup_after__lte=timezone.now())
+    # A retired shard is never connected to again; its database goes away whole.
+    retired = due.filter(source__state=Shard.State.RETIRED)
+    retired.update(phase=MoveJob.Phase.DONE, finished_at=timezone.now())
     cleaned = []
-    for job in due:
+    for job in due.exclude(source__state=Shard.State.RETIRED).order_by("id"):
         try:
             clean_up_move(job)
         except Exception:
