@@ -441,13 +441,6 @@ def _uploader(thread: int):
     return upload
 
 
-@pytest.mark.xfail(
-    raises=MoveVerificationFailed,
-    strict=False,
-    reason="remainder copy misses rows written in a savepoint (the import) by a transaction"
-    " in flight at the bulk snapshot; see test_an_import_in_flight_at_the_bulk_snapshot_is_copied"
-    " (fails only when the timing hits, so not strict)",
-)
 def test_uploads_and_imports_go_on_while_devices_move_around(three_shards, settings, celery_worker):
     settings.MOVE_CLEANUP_GRACE_SECONDS = 0
     devices = [make_device(shard="shard_1").device.pk for _ in range(2)]
@@ -535,14 +528,6 @@ def test_a_copy_that_differs_is_rolled_back_and_the_row_is_named(shards):
     assert device_rows("shard_2", device.pk) == after
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=MoveVerificationFailed,
-    reason="BUG shards/moves/copying.py select_device_rows: rows written inside a savepoint"
-    " carry the subtransaction's xid as xmin; pg_current_snapshot() lists only top-level"
-    " xids, so pg_visible_in_snapshot() calls such a row 'seen' although its transaction"
-    " was still running at the bulk snapshot; the remainder skips it",
-)
 def test_an_import_in_flight_at_the_bulk_snapshot_is_copied(shards):
     device = make_device(shard="shard_1").device
     neighbour = make_device(shard="shard_1").device

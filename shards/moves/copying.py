@@ -3,7 +3,7 @@
 The bulk pass reads every table in one REPEATABLE READ snapshot of the source
 while writers go on, and remembers that snapshot. The remainder pass, run once
 the source is fenced, copies only rows written after it: rows whose creating
-transaction (xmin) the snapshot did not see. Updates make new row versions
+transaction (xmin) is not older than the snapshot's xmin. Updates make new row versions
 with new xmins, so changed rows come along too; deletes cannot happen while a
 move copies (the fence refuses them). On the target every copy lands in a
 temporary table first and is upserted by primary key, so any pass can run
@@ -19,8 +19,7 @@ from shards.moves.tables import DeviceTable
 
 # The xid8 of a row's 32-bit xmin, with the epoch taken from the reading
 # transaction's own snapshot xmax (%(xmax8)s, fetched once): a row written after
-# the remembered snapshot is at most one wraparound older than that. Then
-# pg_visible_in_snapshot() tells whether the remembered snapshot saw the row.
+# the remembered snapshot is at most one wraparound older than that.
 # Xids 0-2 are special (bootstrap, frozen): old rows, always seen.
 _XMIN_AS_XID8 = """
     ((((%(xmax8)s::bigint >> 32) - CASE WHEN t.xmin::text::bigint > (%(xmax8)s::bigint & 4294967295)
@@ -30,13 +29,22 @@ _XMIN_AS_XID8 = """
 
 
 def select_device_rows(table: DeviceTable, since_snapshot: str | None) -> str:
-    """The SELECT that reads a device's rows (all, or those the snapshot did not see)."""
+    """The SELECT that reads a device's rows (all, or those the snapshot may have missed).
+
+    "May have missed": written by a transaction at or after the snapshot's xmin,
+    not "not visible in the snapshot". A row written in a savepoint carries the
+    subtransaction's xid, which the snapshot does not list as running, so
+    pg_visible_in_snapshot() would call it seen although its transaction had not
+    committed. Every such xid is above its parent's, and so at or above xmin.
+    The few rows of transactions that committed before the snapshot but above
+    its xmin come along too; the upsert makes that harmless.
+    """
     query = f"SELECT {_qualified(table)} FROM {table.name} t WHERE t.device_id = %(device_id)s"
     if since_snapshot is None:
         return query
     return (
         query + " AND t.xmin::text::bigint > 2"
-        f" AND NOT pg_visible_in_snapshot({_XMIN_AS_XID8}, %(snapshot)s::pg_snapshot)"
+        f" AND {_XMIN_AS_XID8} >= pg_snapshot_xmin(%(snapshot)s::pg_snapshot)"
     )
 
 
