@@ -114,15 +114,7 @@ def test_a_move_killed_at_any_point_is_finished_by_resume(device, point):
 
 # Points after which the dead mover leaves the source fenced (writers held) until resumed.
 FENCED_POINTS = [
-    pytest.param(
-        "fence_committed",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="BUG shards/moves/protocol.py bulk_copy_and_fence: a job resumed in phase"
-            " 'copying' with its source already fenced restarts fence_started and overwrites"
-            " fenced_at, so stall_ms leaves out the time writers were held before the crash",
-        ),
-    ),
+    "fence_committed",
     "fenced",
     "activated",
     "switched",

@@ -226,15 +226,23 @@ class _Mover:
         _crash_point("copied")
         with self.source.cursor() as cursor:
             cursor.execute(f"SET LOCAL lock_timeout = '{FENCE_LOCK_TIMEOUT}'")
-            self.fence_started = time.monotonic()
-            fenced_at = timezone.now()
-            # Waits for writers holding the row FOR SHARE; new ones queue behind it.
-            fenceable = (Fence.COPYING, Fence.FENCED)
-            if not _set_fence(cursor, self.device_id, Fence.FENCED, fenceable):
-                raise MoveError(
-                    f"device {self.device_id}'s fence on {self.job.source_id} is"
-                    f" {fence_state(cursor, self.device_id)}, not copying"
-                )
+            cursor.execute(
+                f"SELECT state, updated_at FROM {FENCE_TABLE} WHERE device_id = %s",
+                [self.device_id],
+            )
+            state, since = cursor.fetchone() or (None, None)
+            if state == Fence.FENCED:
+                # Fenced by this job before a crash: writers have waited since then.
+                fenced_at = since
+            else:
+                self.fence_started = time.monotonic()
+                fenced_at = timezone.now()
+                # Waits for writers holding the row FOR SHARE; new ones queue behind it.
+                if not _set_fence(cursor, self.device_id, Fence.FENCED, (Fence.COPYING,)):
+                    raise MoveError(
+                        f"device {self.device_id}'s fence on {self.job.source_id} is"
+                        f" {fence_state(cursor, self.device_id)}, not copying"
+                    )
         self.source.commit()
         _crash_point("fence_committed")
         _advance(self.job, Phase.FENCED, fenced_at=fenced_at)
