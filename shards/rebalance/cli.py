@@ -1,7 +1,7 @@
 """What the rebalance, drain_shard and pin_device commands share: help layout, errors, args."""
 
 import argparse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -32,6 +32,19 @@ class OpsCommand(BaseCommand):
         kwargs.setdefault("formatter_class", HelpFormatter)
         kwargs.setdefault("epilog", self.examples)
         return super().create_parser(prog_name, subcommand, **kwargs)
+
+    def continue_hint(self, run: Rebalance) -> str:
+        """What the operator runs to go on after a run stopped by an error."""
+        raise NotImplementedError
+
+    def run_to_end(self, run: Rebalance, work: Callable[[], object]) -> None:
+        """Make a recorded run's moves; an unexpected error says how to go on."""
+        try:
+            work()
+        except Exception as exc:
+            raise CommandError(
+                f"{run.kind} {run.pk} stopped by an error: {exc}. {self.continue_hint(run)}"
+            ) from exc
 
 
 def add_cost_argument(parser: argparse.ArgumentParser) -> None:

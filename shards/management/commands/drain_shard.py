@@ -2,7 +2,7 @@ import json
 import time
 from typing import Any
 
-from django.core.management.base import CommandError, CommandParser
+from django.core.management.base import CommandParser
 from django.utils import timezone
 
 from core.models import Rebalance, Shard
@@ -176,15 +176,8 @@ left on the shard other than by waiting for cleanup."""
                 runs.append(run)
         return plan, runs
 
-    def run_to_end(self, run: Rebalance, work: Any) -> None:
-        try:
-            work()
-        except Exception as exc:
-            run.refresh_from_db()
-            raise CommandError(
-                f"{run.kind} {run.pk} stopped by an error: {exc}. Run `drain_shard"
-                f" {run.kind.split(':', 1)[1]}` again to continue."
-            ) from exc
+    def continue_hint(self, run: Rebalance) -> str:
+        return f"Run `drain_shard {run.kind.split(':', 1)[1]}` again to continue."
 
     def wait_for_retirement(self, alias: str, status: RetireStatus) -> RetireStatus:
         while status.only_waiting and status.wait_until is not None:

@@ -171,15 +171,8 @@ interrupted run abandons it."""
             self.stdout.write("\n".join(run_lines(run)))
         self.exit_if_failed([run])
 
-    def run_to_end(self, run: Rebalance, work: Any) -> None:
-        try:
-            work()
-        except Exception as exc:
-            run.refresh_from_db()
-            raise CommandError(
-                f"{run.kind} {run.pk} stopped by an error: {exc}. `rebalance --resume`"
-                " finishes any move job it left in flight; then plan again."
-            ) from exc
+    def continue_hint(self, run: Rebalance) -> str:
+        return "`rebalance --resume` finishes any move job it left in flight; then plan again."
 
     def exit_if_failed(self, runs: list[Rebalance]) -> None:
         if any(counts(run)["failed"] for run in runs):
