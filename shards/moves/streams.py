@@ -19,7 +19,7 @@ from django.db import connections
 from routers.registry import ensure_shard_connection
 
 PIPE_CHUNK = 256 * 1024
-# Both ends render rows the same way, so checksums of row text compare across servers.
+# Both ends render rows the same way, so keys in a verification report compare as text.
 SESSION_SETTINGS = (
     "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres';"
     " SET extra_float_digits = 1; SET application_name = 'fleet-mover'"
