@@ -18,7 +18,7 @@ from cluster import celery_procs, extra_shards, state
 from cluster.appnodes import AppNode, app_nodes
 from cluster.django_steps import add_extra_shard, run_django_steps
 from cluster.haproxy import HAProxy
-from cluster.ports import port_in_use
+from cluster.ports import bindable, port_in_use
 from cluster.postgres import PostgresInstance
 from cluster.redis import RedisInstance
 from cluster.simulate import simulate
@@ -390,7 +390,7 @@ def add_shard(alias: str | None) -> int:
             registered=extra_shards.registered_shards(directory, directory_db),
             reserved_ports=reserved_ports(),
             base=extra_shards.port_base(),
-            in_use=port_in_use,
+            in_use=lambda port: port_in_use(port) or not bindable(port),
         )
         print("postgres:")
         instance = extra_shards.instance(shard, var_dir())

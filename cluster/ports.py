@@ -26,3 +26,19 @@ def port_in_use(port: int, host: str = HOST, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+def bindable(port: int, host: str = HOST) -> bool:
+    """True when a listener could bind host:port now.
+
+    port_in_use() misses a client socket whose local port it is (ports in the
+    kernel's ephemeral range are handed to outgoing connections); PostgreSQL's
+    bind would then fail. SO_REUSEADDR, as servers set it, ignores TIME_WAIT.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
