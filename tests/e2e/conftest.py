@@ -2,12 +2,14 @@
 
 The tests kill app nodes, stop databases and Redis, so they never touch the
 developer's cluster: `python -m cluster up` runs with its own var directory
-(var/e2e) and ports, and `down` runs at the end even when a test failed. Its
-processes get UPLOAD_SWEEP_AFTER_SECONDS=5 so lost imports come back quickly.
+(var/e2e) and ports, wiped at the start of each session, and `down` runs at the
+end even when a test failed. Its processes get UPLOAD_SWEEP_AFTER_SECONDS=5 so
+lost imports come back quickly.
 """
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from typing import Any
 import psycopg2
 import pytest
 
+from cluster.postgres import PostgresInstance
 from cluster.util import pids_with_marker
 from core import local_cluster
 from tests.e2e.device_load import DeviceRecord, batch_body, post_upload
@@ -173,10 +176,30 @@ class E2ECluster:
         return summary
 
 
+def wipe_previous_cluster(env: dict[str, str]) -> None:
+    """Start every session from nothing, as CI's clean clone does: an earlier run's
+    added, retired or half-drained shards would change what the tests see."""
+    subprocess.run(
+        [sys.executable, "-m", "cluster", "down"], cwd=local_cluster.REPO_ROOT, env=env,
+        capture_output=True, timeout=300, check=False,
+    )  # fmt: skip
+    pg_root = E2E_VAR / "pg"
+    if pg_root.is_dir():
+        for data_dir in pg_root.iterdir():
+            PostgresInstance(data_dir.name, 0, pg_root, E2E_VAR / "log").destroy()
+    for leftover in ("pg", "redis", "run", "cluster.json", "extra_shards.json"):
+        path = E2E_VAR / leftover
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="session")
 def e2e_cluster() -> Iterator[E2ECluster]:
     env = {**os.environ, **E2E_ENV}
     cluster = E2ECluster(env=env, info={})
+    wipe_previous_cluster(env)
     try:
         cluster.up()
         cluster.reload_info()
@@ -203,21 +226,27 @@ def enroll(cluster: E2ECluster, serial: str) -> DeviceRecord:
     return DeviceRecord(device_id=data["device_id"], token=data["token"])
 
 
+def enroll_fleet(cluster: E2ECluster, prefix: str, count: int) -> list[DeviceRecord]:
+    """Enrol devices and send one acknowledged batch each (numbered -1), so tokens and
+    placements are cached."""
+    devices = [enroll(cluster, f"{prefix}-{i}") for i in range(count)]
+    for device in devices:
+        status, data, error = post_upload(
+            cluster.url, device.token, batch_body(device.device_id, WARM_BATCH)
+        )
+        assert status == 202, (status, data, error)
+        device.acknowledged[WARM_BATCH] = data["upload_id"]
+    return devices
+
+
 @pytest.fixture
 def fleet(e2e_cluster: E2ECluster, request) -> dict[str, list[DeviceRecord]]:
     """Freshly enrolled devices, grouped by the shard they landed on (both shards used)."""
     prefix = f"{request.node.name[:40]}-{time.time_ns()}"
-    devices = [enroll(e2e_cluster, f"{prefix}-{i}") for i in range(2 * DEVICES_PER_SHARD)]
+    devices = enroll_fleet(e2e_cluster, prefix, 2 * DEVICES_PER_SHARD)
     placement = e2e_cluster.placements()
     by_shard: dict[str, list[DeviceRecord]] = {}
     for device in devices:
         by_shard.setdefault(placement[device.device_id], []).append(device)
     assert len(by_shard) >= 2, f"devices did not spread over the shards: {by_shard.keys()}"
-    # One acknowledged batch each (numbered -1), so tokens and placements are cached.
-    for device in devices:
-        status, data, error = post_upload(
-            e2e_cluster.url, device.token, batch_body(device.device_id, WARM_BATCH)
-        )
-        assert status == 202, (status, data, error)
-        device.acknowledged[WARM_BATCH] = data["upload_id"]
     return by_shard

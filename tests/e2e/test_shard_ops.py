@@ -15,13 +15,14 @@ from datetime import timedelta
 
 import pytest
 
-from tests.e2e.conftest import E2E_ENV, E2ECluster
+from shards.ids import shard_number_of
+from tests.e2e.conftest import E2E_ENV, E2ECluster, enroll_fleet
 from tests.e2e.device_load import T0, DeviceLoad, DeviceRecord, post_upload
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 WARM_UP = 2.0
-NEW_SHARD = "shard_3"
+CONFIGURED = {"shard_1", "shard_2"}
 BULK_BATCHES = 2
 BULK_READINGS = 5000
 
@@ -31,8 +32,10 @@ def report(capsys, message: str) -> None:
         print(message, flush=True)
 
 
-def everyone(fleet: dict[str, list[DeviceRecord]]) -> list[DeviceRecord]:
-    return [device for devices in fleet.values() for device in devices]
+@pytest.fixture
+def uploaders(e2e_cluster: E2ECluster, request) -> list[DeviceRecord]:
+    """Six freshly enrolled devices, wherever the cluster placed them."""
+    return enroll_fleet(e2e_cluster, f"{request.node.name[:40]}-{time.time_ns()}", 6)
 
 
 def clean_up_old_copies(cluster: E2ECluster) -> None:
@@ -78,6 +81,43 @@ def set_pins(
     return changed
 
 
+def set_weight(cluster: E2ECluster, alias: str, weight: int) -> None:
+    directory = cluster.info["directory"]
+    with closing(cluster.connect(directory["port"], directory["db"])) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE core_shard SET weight = %s WHERE alias = %s", [weight, alias])
+        conn.commit()
+
+
+def active_shards(cluster: E2ECluster) -> set[str]:
+    directory = cluster.info["directory"]
+    with closing(cluster.connect(directory["port"], directory["db"])) as conn, conn.cursor() as cur:
+        cur.execute("SELECT alias FROM core_shard WHERE state = 'active'")
+        return {row[0] for row in cur.fetchall()}
+
+
+def add_shard(cluster: E2ECluster) -> str:
+    """Start and register the next shard_N (an earlier run may have retired shard_3)."""
+    before = active_shards(cluster)
+    cluster.tool("add-shard")
+    cluster.reload_info()
+    (added,) = active_shards(cluster) - before
+    assert added in cluster.info["shards"]
+    return added
+
+
+def extra_shard(cluster: E2ECluster) -> str:
+    """The active shard an earlier test added, or a new one when run alone."""
+    extra = sorted(active_shards(cluster) - CONFIGURED)
+    return extra[-1] if extra else add_shard(cluster)
+
+
+def shard_number(cluster: E2ECluster, alias: str) -> int:
+    directory = cluster.info["directory"]
+    with closing(cluster.connect(directory["port"], directory["db"])) as conn, conn.cursor() as cur:
+        cur.execute("SELECT number FROM core_shard WHERE alias = %s", [alias])
+        return cur.fetchone()[0]
+
+
 def imbalance(cluster: E2ECluster) -> float:
     """Rows sitting on the wrong shard now, as a dry-run plan computes them."""
     plan = json.loads(cluster.manage("rebalance", "--cost", "rows", "--dry-run", "--json"))
@@ -98,39 +138,57 @@ def upload_bulk(cluster: E2ECluster, device: DeviceRecord) -> None:
         device.extra_readings += BULK_READINGS
 
 
-def test_add_shard_under_load_and_rebalance_onto_it(e2e_cluster: E2ECluster, fleet, capsys):
-    devices = everyone(fleet)
+def test_add_shard_under_load_and_rebalance_onto_it(e2e_cluster: E2ECluster, uploaders, capsys):
+    devices = uploaders
     ids = {d.device_id for d in devices}
+    # Only this test's devices (uploading) may move: every other device is pinned for now.
+    pinned = set_pins(e2e_cluster, exclude=ids, pinned=True)
+    new_shard: str | None = None
     load = DeviceLoad(e2e_cluster.url, devices).start()
     try:
         time.sleep(WARM_UP)
-        e2e_cluster.tool("add-shard", NEW_SHARD)
-        e2e_cluster.reload_info()
-        assert NEW_SHARD in e2e_cluster.info["shards"]
+        new_shard = add_shard(e2e_cluster)
+        # A big new machine: ten times the weight, so most movable devices belong there
+        # whatever earlier tests left on the other shards.
+        set_weight(e2e_cluster, new_shard, 1000)
         e2e_cluster.manage("rebalance", "--cost", "devices")
         time.sleep(WARM_UP)  # devices keep reporting after the moves
     finally:
         load.stop()
+        set_pins(e2e_cluster, only=pinned, pinned=False)
+        if new_shard is not None:
+            set_weight(e2e_cluster, new_shard, 100)
     clean_up_old_copies(e2e_cluster)
 
     placement = e2e_cluster.placements()
-    on_new = [device_id for device_id, alias in placement.items() if alias == NEW_SHARD]
-    assert on_new, f"the rebalance moved nothing onto {NEW_SHARD}"
+    on_new = [device_id for device_id, alias in placement.items() if alias == new_shard]
+    assert len(ids & set(on_new)) >= 2, f"the rebalance moved {on_new} onto {new_shard}"
+    # The app nodes used the new shard without a restart: uploads were staged there,
+    # with ids minted by it (the shard number is part of every id).
+    number = shard_number(e2e_cluster, new_shard)
+    minted_there = [
+        upload_id
+        for device in devices
+        if device.device_id in on_new
+        for upload_id in device.acknowledged.values()
+        if shard_number_of(upload_id) == number
+    ]
+    assert minted_there, f"no acknowledged upload was staged on {new_shard}"
     assert load.failures() == [], load.failures()[:5]
     assert load.unexpected == []
     summary = e2e_cluster.assert_exactly_once(devices)
     report(
         capsys,
-        f"\n[add shard + rebalance] {len(on_new)} devices now on {NEW_SHARD}, of them"
-        f" {len(ids & set(on_new))} under load; {len(load.attempts)} uploads, 0 failed;"
+        f"\n[add shard + rebalance] {len(on_new)} devices now on {new_shard}, of them"
+        f" {len(ids & set(on_new))} under load, {len(minted_there)} uploads staged there;"
+        f" {len(load.attempts)} uploads, 0 failed;"
         f" readings acknowledged {summary['acknowledged']} = stored {summary['stored']}",
     )
 
 
-def test_rebalance_between_three_shards_under_load(e2e_cluster: E2ECluster, fleet, capsys):
-    e2e_cluster.tool("add-shard", NEW_SHARD)  # already there when the test above ran
-    e2e_cluster.reload_info()
-    devices = everyone(fleet)
+def test_rebalance_between_three_shards_under_load(e2e_cluster: E2ECluster, uploaders, capsys):
+    extra_shard(e2e_cluster)  # three shards: the one the test above added
+    devices = uploaders
     shards_used = set(e2e_cluster.placements()[d.device_id] for d in devices)
     ids = {d.device_id for d in devices}
     for device in devices:
@@ -176,39 +234,38 @@ def test_rebalance_between_three_shards_under_load(e2e_cluster: E2ECluster, flee
     )
 
 
-def test_drain_shard_under_load(e2e_cluster: E2ECluster, fleet, capsys):
-    e2e_cluster.tool("add-shard", NEW_SHARD)
-    e2e_cluster.reload_info()
-    devices = everyone(fleet)
+def test_drain_shard_under_load(e2e_cluster: E2ECluster, uploaders, capsys):
+    drained = extra_shard(e2e_cluster)
+    devices = uploaders
     ids = {d.device_id for d in devices}
     load = DeviceLoad(e2e_cluster.url, devices).start()
     try:
         time.sleep(WARM_UP)
         for device in devices:  # make sure the drain has devices under load to move
-            if e2e_cluster.placements()[device.device_id] != NEW_SHARD:
-                e2e_cluster.manage("move_device", str(device.device_id), NEW_SHARD)
+            if e2e_cluster.placements()[device.device_id] != drained:
+                e2e_cluster.manage("move_device", str(device.device_id), drained)
                 break
-        e2e_cluster.manage("drain_shard", NEW_SHARD, "--wait")
+        e2e_cluster.manage("drain_shard", drained, "--wait")
         time.sleep(WARM_UP)
     finally:
         load.stop()
     clean_up_old_copies(e2e_cluster)
 
     placement = e2e_cluster.placements()
-    assert NEW_SHARD not in placement.values()
+    assert drained not in placement.values()
     directory = e2e_cluster.info["directory"]
     with (
         closing(e2e_cluster.connect(directory["port"], directory["db"])) as conn,
         conn.cursor() as cur,
     ):
-        cur.execute("SELECT state FROM core_shard WHERE alias = %s", [NEW_SHARD])
+        cur.execute("SELECT state FROM core_shard WHERE alias = %s", [drained])
         assert cur.fetchone()[0] == "retired"
     assert load.failures() == [], load.failures()[:5]
     assert load.unexpected == []
     summary = e2e_cluster.assert_exactly_once(devices)
     report(
         capsys,
-        f"\n[drain {NEW_SHARD}] retired with {len(ids)} devices uploading;"
+        f"\n[drain {drained}] retired with {len(ids)} devices uploading;"
         f" {len(load.attempts)} uploads, 0 failed; readings acknowledged"
         f" {summary['acknowledged']} = stored {summary['stored']}",
     )
