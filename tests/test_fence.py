@@ -41,3 +41,25 @@ def test_write_is_refused_when_no_shard_owns_the_device(shards):
     with pytest.raises(DeviceMoved, match="fenced"):
         write_for_device(device, calls.append)
     assert calls == []
+
+
+def test_a_device_being_copied_takes_writes_but_its_deletes_wait(shards, settings):
+    settings.FENCE_WAIT_SECONDS = 0.3
+    device = make_device(shard="shard_1").device
+    DeviceFence.objects.on_shard("shard_1").filter(device_id=device.pk).update(state="copying")
+
+    def create(alias: str) -> str:
+        Command.objects.on_shard(alias).create(device_id=device.pk, name="while-copying")
+        return alias
+
+    assert write_for_device(device, create) == "shard_1"
+    with pytest.raises(DeviceMoved, match="copying"):
+        write_for_device(device, lambda alias: None, deleting=True)
+
+    DeviceFence.objects.on_shard("shard_1").filter(device_id=device.pk).update(state="active")
+    removed = write_for_device(
+        device,
+        lambda alias: Command.objects.on_shard(alias).filter(device_id=device.pk).delete()[0],
+        deleting=True,
+    )
+    assert removed == 1
