@@ -128,14 +128,18 @@ class E2ECluster:
             user=local_cluster.DB_USER, password=local_cluster.DB_PASSWORD, connect_timeout=5,
         )  # fmt: skip
 
-    def placements(self) -> dict[int, str]:
+    def directory(self, sql: str, params: list | None = None) -> list[tuple]:
+        """Run one statement on the directory (committed); its rows, if it returns any."""
         directory = self.info["directory"]
-        with (
-            closing(self.connect(directory["port"], directory["db"])) as conn,
-            conn.cursor() as cur,
-        ):
-            cur.execute("SELECT device_id, shard_id FROM core_placement")
-            return dict(cur.fetchall())
+        with closing(self.connect(directory["port"], directory["db"])) as conn:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                rows = cur.fetchall() if cur.description else []
+            conn.commit()
+        return rows
+
+    def placements(self) -> dict[int, str]:
+        return dict(self.directory("SELECT device_id, shard_id FROM core_placement"))
 
     def per_shard(self, sql: str) -> dict[str, list[tuple]]:
         rows = {}

@@ -10,7 +10,6 @@ were verified. The tests run in this order and build on each other's shards.
 
 import json
 import time
-from contextlib import closing
 from datetime import timedelta
 
 import pytest
@@ -45,15 +44,12 @@ def clean_up_old_copies(cluster: E2ECluster) -> None:
 
 
 def moves_of(cluster: E2ECluster, device_ids: set[int]) -> list[tuple]:
-    directory = cluster.info["directory"]
-    with closing(cluster.connect(directory["port"], directory["db"])) as conn, conn.cursor() as cur:
-        cur.execute(
-            "SELECT device_id, source_id, target_id, phase, stall_ms,"
-            " (verification->>'ok')::boolean FROM core_movejob"
-            " WHERE device_id = ANY(%s) ORDER BY id",
-            [sorted(device_ids)],
-        )
-        return cur.fetchall()
+    return cluster.directory(
+        "SELECT device_id, source_id, target_id, phase, stall_ms,"
+        " (verification->>'ok')::boolean FROM core_movejob"
+        " WHERE device_id = ANY(%s) ORDER BY id",
+        [sorted(device_ids)],
+    )
 
 
 def assert_moves_clean(moves: list[tuple]) -> list[float]:
@@ -69,30 +65,21 @@ def set_pins(
     cluster: E2ECluster, *, pinned: bool, exclude: set[int] = frozenset(), only: list | None = None
 ) -> list[int]:
     """Pin (or unpin) devices straight in the directory; returns the ids changed."""
-    directory = cluster.info["directory"]
-    with closing(cluster.connect(directory["port"], directory["db"])) as conn, conn.cursor() as cur:
-        cur.execute(
-            "UPDATE core_placement SET pinned = %s WHERE pinned <> %s"
-            " AND NOT device_id = ANY(%s) AND (%s OR device_id = ANY(%s)) RETURNING device_id",
-            [pinned, pinned, sorted(exclude), only is None, only or []],
-        )
-        changed = [row[0] for row in cur.fetchall()]
-        conn.commit()
-    return changed
+    rows = cluster.directory(
+        "UPDATE core_placement SET pinned = %s WHERE pinned <> %s"
+        " AND NOT device_id = ANY(%s) AND (%s OR device_id = ANY(%s)) RETURNING device_id",
+        [pinned, pinned, sorted(exclude), only is None, only or []],
+    )
+    return [row[0] for row in rows]
 
 
 def set_weight(cluster: E2ECluster, alias: str, weight: int) -> None:
-    directory = cluster.info["directory"]
-    with closing(cluster.connect(directory["port"], directory["db"])) as conn, conn.cursor() as cur:
-        cur.execute("UPDATE core_shard SET weight = %s WHERE alias = %s", [weight, alias])
-        conn.commit()
+    cluster.directory("UPDATE core_shard SET weight = %s WHERE alias = %s", [weight, alias])
 
 
 def active_shards(cluster: E2ECluster) -> set[str]:
-    directory = cluster.info["directory"]
-    with closing(cluster.connect(directory["port"], directory["db"])) as conn, conn.cursor() as cur:
-        cur.execute("SELECT alias FROM core_shard WHERE state = 'active'")
-        return {row[0] for row in cur.fetchall()}
+    rows = cluster.directory("SELECT alias FROM core_shard WHERE state = 'active'")
+    return {row[0] for row in rows}
 
 
 def add_shard(cluster: E2ECluster) -> str:
@@ -112,10 +99,7 @@ def extra_shard(cluster: E2ECluster) -> str:
 
 
 def shard_number(cluster: E2ECluster, alias: str) -> int:
-    directory = cluster.info["directory"]
-    with closing(cluster.connect(directory["port"], directory["db"])) as conn, conn.cursor() as cur:
-        cur.execute("SELECT number FROM core_shard WHERE alias = %s", [alias])
-        return cur.fetchone()[0]
+    return cluster.directory("SELECT number FROM core_shard WHERE alias = %s", [alias])[0][0]
 
 
 def imbalance(cluster: E2ECluster) -> float:
@@ -253,13 +237,8 @@ def test_drain_shard_under_load(e2e_cluster: E2ECluster, uploaders, capsys):
 
     placement = e2e_cluster.placements()
     assert drained not in placement.values()
-    directory = e2e_cluster.info["directory"]
-    with (
-        closing(e2e_cluster.connect(directory["port"], directory["db"])) as conn,
-        conn.cursor() as cur,
-    ):
-        cur.execute("SELECT state FROM core_shard WHERE alias = %s", [drained])
-        assert cur.fetchone()[0] == "retired"
+    state = e2e_cluster.directory("SELECT state FROM core_shard WHERE alias = %s", [drained])
+    assert state == [("retired",)]
     assert load.failures() == [], load.failures()[:5]
     assert load.unexpected == []
     summary = e2e_cluster.assert_exactly_once(devices)
