@@ -27,9 +27,12 @@ from core.local_cluster import HOST, REPO_ROOT
 TEMPLATE = Path(__file__).with_name("templates") / "uwsgi.ini"
 THREADS_PER_WORKER = 4
 HARAKIRI_SECONDS = 30
-MAX_REQUESTS = 5000
+# Recycling a threaded uWSGI worker can kill requests it is still serving (uWSGI fires
+# harakiri on it: unbit/uwsgi#2606, #480); a run of the e2e tests saw a 502 that way at
+# 5000. So recycling is a rare guard against slow leaks, not a routine event.
+MAX_REQUESTS = 100_000
 # Worker N recycles after MAX_REQUESTS + N * delta requests, so they never all restart at once.
-MAX_REQUESTS_DELTA = 500
+MAX_REQUESTS_DELTA = 10_000
 # Importing Django and the project in every worker (lazy-apps) takes a few seconds.
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0

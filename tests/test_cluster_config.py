@@ -135,7 +135,7 @@ def test_uwsgi_workers_threads_and_limits(nodes):
     assert options["enable-threads"] == "true"
     assert options["lazy-apps"] == "true"
     assert options["harakiri"] == "30"
-    assert options["max-requests"] == "5000"
+    assert options["max-requests"] == "100000"
     assert int(options["max-requests-delta"]) > 0
     assert options["post-buffering"] == "65536"
     assert options["buffer-size"] == "32768"
