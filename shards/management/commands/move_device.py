@@ -5,8 +5,27 @@ from django.core.management.base import BaseCommand, CommandError
 from core.devices import find_device
 from core.models import Device, MoveJob
 from shards.moves.cleanup import clean_up_due_moves
-from shards.moves.protocol import MoveError, interrupted_moves, move_device, rollback_move, run_move
+from shards.moves.protocol import MoveError, move_device, rollback_move
 from shards.moves.report import PhaseBar, describe_job, job_summary
+from shards.rebalance.runner import Observer, finish_interrupted_moves
+
+
+class ResumeBars(Observer):
+    """A phase bar per resumed job; a job that fails is reported and the rest go on."""
+
+    def __init__(self, command: "Command") -> None:
+        self.command = command
+        self.bar: PhaseBar | None = None
+
+    def job_resuming(self, job: MoveJob) -> PhaseBar:
+        self.bar = PhaseBar(f"resume move {job.pk}", enabled=not self.command.as_json)
+        return self.bar
+
+    def job_resumed(self, job: MoveJob, error: str) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if error:
+            self.command.stderr.write(f"move {job.pk}: {error}")
 
 
 class Command(BaseCommand):
@@ -80,18 +99,9 @@ class Command(BaseCommand):
             bar.close()
 
     def resume(self) -> list[MoveJob]:
-        jobs = interrupted_moves()
+        jobs = finish_interrupted_moves(ResumeBars(self))
         if not jobs and not self.as_json:
             self.stderr.write("no interrupted move jobs")
-        for job in jobs:
-            bar = PhaseBar(f"resume move {job.pk}", enabled=not self.as_json)
-            try:
-                run_move(job, on_phase=bar)
-            except MoveError as exc:
-                self.stderr.write(f"move {job.pk}: {exc}")
-            finally:
-                bar.close()
-            job.refresh_from_db()
         return jobs
 
     def rollback(self, job_id: int) -> MoveJob:
