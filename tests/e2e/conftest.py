@@ -180,6 +180,12 @@ class E2ECluster:
         return summary
 
 
+def report(capsys, message: str) -> None:
+    """Measurements go to the terminal (and CI's log) even when the test passes."""
+    with capsys.disabled():
+        print(message, flush=True)
+
+
 def wipe_previous_cluster(env: dict[str, str]) -> None:
     """Start every session from nothing, as CI's clean clone does: an earlier run's
     added, retired or half-drained shards would change what the tests see."""

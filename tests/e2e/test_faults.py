@@ -13,18 +13,12 @@ import pytest
 
 from cluster.postgres import PostgresInstance
 from cluster.util import pid_alive, read_pid
-from tests.e2e.conftest import E2E_ENV, E2E_VAR, E2ECluster
+from tests.e2e.conftest import E2E_ENV, E2E_VAR, E2ECluster, report
 from tests.e2e.device_load import DeviceLoad, DeviceRecord
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 WARM_UP = 3.0
-
-
-def report(capsys, message: str) -> None:
-    """Measurements go to the terminal (and CI's log) even when the test passes."""
-    with capsys.disabled():
-        print(message, flush=True)
 
 
 def everyone(fleet: dict[str, list[DeviceRecord]]) -> list[DeviceRecord]:

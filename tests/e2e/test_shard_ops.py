@@ -15,7 +15,7 @@ from datetime import timedelta
 import pytest
 
 from shards.ids import shard_number_of
-from tests.e2e.conftest import E2E_ENV, E2ECluster, enroll_fleet
+from tests.e2e.conftest import E2E_ENV, E2ECluster, enroll_fleet, report
 from tests.e2e.device_load import T0, DeviceLoad, DeviceRecord, post_upload
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -26,15 +26,19 @@ BULK_BATCHES = 2
 BULK_READINGS = 5000
 
 
-def report(capsys, message: str) -> None:
-    with capsys.disabled():
-        print(message, flush=True)
-
-
 @pytest.fixture
 def uploaders(e2e_cluster: E2ECluster, request) -> list[DeviceRecord]:
     """Six freshly enrolled devices, wherever the cluster placed them."""
     return enroll_fleet(e2e_cluster, f"{request.node.name[:40]}-{time.time_ns()}", 6)
+
+
+def no_failures_and_stored_once(
+    cluster: E2ECluster, load: DeviceLoad, devices: list[DeviceRecord]
+) -> dict[str, int]:
+    """No upload failed, and every acknowledged reading is stored once, on its shard only."""
+    assert load.failures() == [], load.failures()[:5]
+    assert load.unexpected == []
+    return cluster.assert_exactly_once(devices)
 
 
 def clean_up_old_copies(cluster: E2ECluster) -> None:
@@ -158,9 +162,7 @@ def test_add_shard_under_load_and_rebalance_onto_it(e2e_cluster: E2ECluster, upl
         if shard_number_of(upload_id) == number
     ]
     assert minted_there, f"no acknowledged upload was staged on {new_shard}"
-    assert load.failures() == [], load.failures()[:5]
-    assert load.unexpected == []
-    summary = e2e_cluster.assert_exactly_once(devices)
+    summary = no_failures_and_stored_once(e2e_cluster, load, devices)
     report(
         capsys,
         f"\n[add shard + rebalance] {len(on_new)} devices now on {new_shard}, of them"
@@ -203,10 +205,8 @@ def test_rebalance_between_three_shards_under_load(e2e_cluster: E2ECluster, uplo
     # Uploads keep adding rows, so "balanced" is measured, not exact: the rows on the
     # wrong shard (by a fresh plan) fell to a fraction of what they were.
     assert after < before / 4, f"rows on the wrong shard: {before:.0f} before, {after:.0f} after"
-    assert load.failures() == [], load.failures()[:5]
-    assert load.unexpected == []
+    summary = no_failures_and_stored_once(e2e_cluster, load, devices)
     stalls = assert_moves_clean(moves_of(e2e_cluster, ids))
-    summary = e2e_cluster.assert_exactly_once(devices)
     report(
         capsys,
         f"\n[rebalance, 3 shards] {len(stalls)} moves of {len(ids)} heavy devices under load"
@@ -239,9 +239,7 @@ def test_drain_shard_under_load(e2e_cluster: E2ECluster, uploaders, capsys):
     assert drained not in placement.values()
     state = e2e_cluster.directory("SELECT state FROM core_shard WHERE alias = %s", [drained])
     assert state == [("retired",)]
-    assert load.failures() == [], load.failures()[:5]
-    assert load.unexpected == []
-    summary = e2e_cluster.assert_exactly_once(devices)
+    summary = no_failures_and_stored_once(e2e_cluster, load, devices)
     report(
         capsys,
         f"\n[drain {drained}] retired with {len(ids)} devices uploading;"
