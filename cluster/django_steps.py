@@ -113,7 +113,10 @@ def run_django_steps(
         stdout = _manage(
             [
                 "seed_demo",
-                *("--admin-password", admin_password, "--user-password", web_password),
+                # `--opt=value`: a random password may begin with "-", which argparse
+                # would take for an option of its own.
+                f"--admin-password={admin_password}",
+                f"--user-password={web_password}",
                 "--json",
             ],
             log,
