@@ -3,11 +3,9 @@
 Staff see every device. Another user's device, or a command of one, is a 404.
 """
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-from django.conf import settings
 from django.http import HttpRequest
-from django.utils import timezone
 from ninja import Query, Router, Schema, Status
 from ninja.errors import HttpError
 from ninja.security import django_auth
@@ -26,7 +24,8 @@ from api.schemas import (
 from core.models import Placement
 from routers.fanout import fan_out
 from shards.commands import cancel_command, create_command
-from shards.models import Command, DeviceStatus, LatestValue, Reading
+from shards.models import Command, Reading
+from shards.overview import device_overviews
 
 router = Router(tags=["web users"], auth=django_auth)
 ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 503: ErrorOut}
@@ -63,19 +62,6 @@ class ReadingRange(Schema):
         return self
 
 
-def _shard_view(alias: str, device_ids: list[int]) -> dict:
-    """Latest values and last-seen times of some devices on one shard: two queries."""
-    latest: dict[int, dict] = {}
-    for row in LatestValue.objects.on_shard(alias).filter(device_id__in=device_ids):
-        latest.setdefault(row.device_id, {})[row.metric] = {"value": row.value, "ts": row.ts}
-    seen = dict(
-        DeviceStatus.objects.on_shard(alias)
-        .filter(device_id__in=device_ids)
-        .values_list("device_id", "last_seen_at")
-    )
-    return {"latest": latest, "seen": seen}
-
-
 @router.get("/devices", response={200: DevicesOut, **ERRORS})
 def my_devices(request: HttpRequest, page: Query[Page]):
     """My devices across all shards, with latest values; shards are asked in parallel."""
@@ -86,30 +72,21 @@ def my_devices(request: HttpRequest, page: Query[Page]):
     placement = dict(
         Placement.objects.filter(device__in=devices).values_list("device_id", "shard_id")
     )
-    by_shard: dict[str, list[int]] = {}
-    for device in devices:
-        by_shard.setdefault(placement[device.pk], []).append(device.pk)
-    views = fan_out(
-        lambda alias: _shard_view(alias, by_shard[alias]), by_shard, return_exceptions=True
-    )
-    offline_before = timezone.now() - timedelta(seconds=settings.DEVICE_OFFLINE_AFTER)
+    overviews, unavailable = device_overviews(placement)
     answer = []
     for device in devices:
-        view = views[placement[device.pk]]
-        reachable = not isinstance(view, BaseException)
-        seen = view["seen"].get(device.pk) if reachable else None
+        overview = overviews[device.pk]
         answer.append(
             {
                 "device_id": device.pk,
                 "serial": device.serial,
                 "name": device.name,
-                "shard": placement[device.pk],
-                "online": (seen is not None and seen >= offline_before) if reachable else None,
-                "last_seen_at": seen,
-                "latest": view["latest"].get(device.pk, {}) if reachable else {},
+                "shard": overview.shard,
+                "online": overview.online,
+                "last_seen_at": overview.last_seen_at,
+                "latest": overview.latest,
             }
         )
-    unavailable = sorted(alias for alias, view in views.items() if isinstance(view, BaseException))
     return {"devices": answer, "count": count, "unavailable_shards": unavailable}
 
 

@@ -166,3 +166,53 @@ class DeviceStatus(models.Model):
 
     def __str__(self) -> str:
         return f"device {self.device_id}: last seen {self.last_seen_at}"
+
+
+class Alert(models.Model):
+    """A condition noticed on a device; at most one unresolved alert per device and condition.
+
+    Raised by the analysis tasks (offline, thresholds, anomalies), acknowledged by a
+    person, cleared when the condition ends. Cleared alerts stay as the history.
+    """
+
+    class Severity(models.TextChoices):
+        INFO = "info", "info"
+        WARNING = "warning", "warning"
+        CRITICAL = "critical", "critical"
+
+    class State(models.TextChoices):
+        OPEN = "open", "open"
+        ACKNOWLEDGED = "acknowledged", "acknowledged"
+        CLEARED = "cleared", "cleared"
+
+    id = ClusterIdField()
+    device_id = models.BigIntegerField()
+    condition = models.CharField(
+        max_length=128, help_text="What is wrong, as a key: 'offline', 'max:temperature', ..."
+    )
+    metric = models.CharField(max_length=64, blank=True)
+    severity = models.CharField(max_length=16, choices=Severity.choices, default=Severity.WARNING)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.OPEN)
+    message = models.TextField()
+    value = models.FloatField(null=True, blank=True, help_text="The value that raised it.")
+    opened_at = models.DateTimeField(auto_now_add=True)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_by_id = models.BigIntegerField(
+        null=True, blank=True, help_text="Directory user id (no foreign key across databases)."
+    )
+    cleared_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ClusterIdManager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["device_id", "condition"],
+                condition=~models.Q(state="cleared"),
+                name="one_unresolved_alert_per_condition",
+            )
+        ]
+        indexes = [models.Index(fields=["device_id", "state"], name="alert_device_state_idx")]
+
+    def __str__(self) -> str:
+        return f"alert {self.pk} {self.condition} ({self.state})"

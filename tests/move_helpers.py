@@ -17,6 +17,7 @@ from django.db import connections
 
 from core import local_cluster
 from core.models import Device
+from shards.alerts import acknowledge_alert, clear_alert, raise_alert
 from shards.commands import cancel_command, create_command, deliver_pending, report_result
 from shards.ingest import import_upload_now, payload_of
 from shards.models import DeviceFence, Upload
@@ -61,7 +62,7 @@ class PopulatedDevice:
 
 
 def populate_device(device: Device, *, uploads: int = 3, per_upload: int = 20) -> PopulatedDevice:
-    """Uploads (imported and one staged), readings, latest values, status and commands."""
+    """Uploads (imported and one staged), readings, latest values, status, commands, alerts."""
     imported = []
     for n in range(uploads):
         upload = store_staged(device.pk, f"b-{n}", readings_for(n * per_upload, per_upload))
@@ -81,6 +82,11 @@ def populate_device(device: Device, *, uploads: int = 3, per_upload: int = 20) -
     report_result(device.pk, commands["succeeded"], "succeeded", {"ok": True})
     report_result(device.pk, commands["failed"], "failed", {"error": "valve stuck"})
     commands["queued"] = create_command(device.pk, "do-queued").pk
+    raise_alert(device.pk, "offline", "silent for too long")
+    clear_alert(device.pk, "offline")
+    raise_alert(device.pk, "offline", "silent again")
+    acknowledged, _ = raise_alert(device.pk, "max:t", "too hot", metric="t", value=99.0)
+    acknowledge_alert(device.pk, acknowledged.pk, user_id=None)
     return PopulatedDevice(device, imported, staged, staged_readings, commands)
 
 

@@ -27,6 +27,7 @@ def test_shards_have_shard_tables_only(shards, alias):
         "shards_latestvalue",
         "shards_command",
         "shards_devicestatus",
+        "shards_alert",
     }
     assert names == expected | {"django_migrations"}
 
