@@ -43,3 +43,14 @@ def directory_url() -> str:
 
 def redis_url(db: int = 0) -> str:
     return f"redis://{HOST}:{REDIS_PORT}/{db}"
+
+
+def haproxy_stats_login() -> tuple[str, str]:
+    """The stats page's login that `up` generated (var/cluster.json), or empty strings."""
+    import json
+
+    try:
+        data = json.loads((VAR_DIR / "cluster.json").read_text())
+    except (OSError, ValueError):
+        return "", ""
+    return data.get("stats_user") or "", data.get("stats_password") or ""

@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "routers",
     "shards",
     "central_admin",
+    "portal",
     "api",
     "ninja",
 ]
@@ -189,6 +190,19 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+
+# Web users sign in with a session; the portal is their home page.
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "portal:devices"
+LOGOUT_REDIRECT_URL = "login"
+
+# HAProxy's stats page, read by the central admin's cluster page (haproxy-stats).
+_stats_user, _stats_password = local_cluster.haproxy_stats_login()
+HAPROXY_STATS_ADDRESS = os.environ.get(
+    "HAPROXY_STATS_ADDRESS", f"{local_cluster.HOST}:{local_cluster.STATS_PORT}"
+)
+HAPROXY_STATS_USER = os.environ.get("HAPROXY_STATS_USER", _stats_user)
+HAPROXY_STATS_PASSWORD = os.environ.get("HAPROXY_STATS_PASSWORD", _stats_password)
 
 STATIC_URL = "static/"
 STATIC_ROOT = local_cluster.VAR_DIR / "static"

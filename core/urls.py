@@ -1,18 +1,18 @@
-"""URL map: health probes, the admin, session login for web users, and the versioned API."""
+"""URL map: health probes, the admin, session login, the versioned API and the portal."""
 
 from django.contrib import admin
 from django.urls import include, path
-from django.views.generic import RedirectView
 
 from api.v1 import api
 from core.health import healthz, readyz
 
 urlpatterns = [
-    # Until the web portal exists, the site's front page is the API documentation.
-    path("", RedirectView.as_view(url="/api/v1/docs", permanent=False)),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
+    # The central admin's own pages (cluster, shards, moves) sit beside the model admin.
+    path("admin/fleet/", include("central_admin.urls")),
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     path("api/v1/", api.urls),
+    path("", include("portal.urls")),
 ]
