@@ -1,0 +1,97 @@
+"""Devices in the admin: the cross-shard list, and a page per device with its actions."""
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import Http404, HttpRequest, HttpResponse
+from django.urls import URLPattern, path
+
+from central_admin import device_actions
+from central_admin.device_list import (
+    DeviceChangeList,
+    alerts_column,
+    last_seen_column,
+    latest_column,
+    shard_column,
+    state_column,
+)
+from central_admin.device_page import device_context
+from central_admin.filters import OnlineFilter, OwnerFilter, ShardFilter
+from central_admin.forms import CommandForm
+from core.models import Device, DeviceAccess
+
+
+class DeviceAccessInline(admin.TabularInline):
+    model = DeviceAccess
+    extra = 0
+    autocomplete_fields = ("user",)
+
+
+@admin.register(Device)
+class DeviceAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "serial",
+        "name",
+        shard_column,
+        state_column,
+        last_seen_column,
+        latest_column,
+        alerts_column,
+        "is_active",
+    )
+    list_display_links = ("id", "serial")
+    list_filter = (ShardFilter, OnlineFilter, "is_active", OwnerFilter)
+    search_fields = ("serial", "name")
+    list_select_related = ("placement",)
+    list_per_page = 100
+    readonly_fields = ("created_at",)
+    inlines = (DeviceAccessInline,)
+    change_form_template = "central_admin/device_change_form.html"
+
+    class Media:
+        css = {"all": ("central_admin/fleet.css",)}
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type:
+        return DeviceChangeList
+
+    def get_urls(self) -> list[URLPattern]:
+        wrap = self.admin_site.admin_view
+        actions = [
+            ("rotate", "<int:device_id>/rotate/", device_actions.rotate),
+            ("revoke", "<int:device_id>/revoke/", device_actions.revoke),
+            ("command", "<int:device_id>/commands/", device_actions.command_create),
+            (
+                "command_cancel",
+                "<int:device_id>/commands/<int:command_id>/cancel/",
+                device_actions.command_cancel,
+            ),
+            (
+                "alert_ack",
+                "<int:device_id>/alerts/<int:alert_id>/acknowledge/",
+                device_actions.alert_acknowledge,
+            ),
+            ("move", "<int:device_id>/move/", device_actions.move),
+        ]
+        mine = [
+            path(route, wrap(view), name=f"core_device_{name}") for name, route, view in actions
+        ]
+        return mine + super().get_urls()
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict | None = None,
+    ) -> HttpResponse:
+        device = self.get_object(request, object_id)
+        if device is None:
+            raise Http404(f"no device {object_id}")
+        if self.has_view_or_change_permission(request, device):
+            extra_context = {
+                **(extra_context or {}),
+                **device_context(device),
+                "command_form": CommandForm(),
+            }
+        return super().change_view(request, object_id, form_url, extra_context)
