@@ -129,8 +129,20 @@ class Element:
         return found[0]
 
 
-VOID = {"input", "br", "meta", "link", "img", "hr", "circle", "rect", "line", "polyline",
-        "polygon", "path"}  # fmt: skip
+VOID = {
+    "input",
+    "br",
+    "meta",
+    "link",
+    "img",
+    "hr",
+    "circle",
+    "rect",
+    "line",
+    "polyline",
+    "polygon",
+    "path",
+}
 
 
 class _TreeBuilder(HTMLParser):
