@@ -19,7 +19,7 @@ from shards.models import Alert, Command, Upload
 from shards.moves.report import rows_moved
 from shards.overview import device_overviews
 
-RECENT = 50
+RECENT = 25
 # The move panel's script stops polling at these; `released` has switched already.
 UI_FINAL_PHASES = (*MoveJob.FINAL, MoveJob.Phase.RELEASED)
 # A finished move stays on the page this long, so its outcome is seen.
@@ -91,6 +91,7 @@ def device_context(device: Device) -> dict[str, Any]:
         "credentials": list(device.credentials.order_by("-id")),
         "chart_url": chart_url(device),
         "open_commands": OPEN_COMMANDS,
+        "recent": RECENT,
         "shard_error": "",
     }
     if placement is None:

@@ -102,7 +102,7 @@ class ShardAdmin(admin.ModelAdmin):
         if figures is None:
             return "-"
         if figures.reachable:
-            return format_html('<span class="fleet-ok">yes</span>')
+            return format_html('<span class="{}">yes</span>', "fleet-ok")
         return format_html(
             '<span class="fleet-unreachable" title="{}">unreachable</span>', figures.error
         )
