@@ -1,0 +1,246 @@
+"""The central admin's actions and ops pages: credentials, commands, moves, shards, cluster."""
+
+import re
+import time
+
+import pytest
+import redis
+from django.conf import settings
+from django.contrib.messages import get_messages
+from django.test import Client, override_settings
+
+from core.credentials import device_id_for_token
+from core.models import MoveJob, Placement, Rebalance, Shard, User
+from shards.models import Command
+from shards.moves.protocol import start_move
+from tests.factories import make_device
+
+
+@pytest.fixture
+def staff(shards) -> Client:
+    client = Client()
+    client.force_login(
+        User.objects.create_user("ops", password="pw", is_staff=True, is_superuser=True)
+    )
+    return client
+
+
+def messages_of(response) -> list[str]:
+    return [str(message) for message in get_messages(response.wsgi_request)]
+
+
+def wait_until(check, timeout: float = 90, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+# --- credentials --------------------------------------------------------------------------
+
+
+def test_rotate_shows_a_new_token_once_and_revoke_refuses_every_token(staff):
+    made = make_device(shard="shard_1")
+    device = made.device
+    rotated = staff.post(f"/admin/core/device/{device.pk}/rotate/")
+    assert rotated.status_code == 302
+    (message,) = messages_of(rotated)
+    new_token = re.search(r"(\d+\.[A-Za-z0-9_-]{20,})$", message).group(1)
+    assert new_token != made.token
+    assert device_id_for_token(new_token) == device.pk
+    assert device_id_for_token(made.token) == device.pk  # still inside the rotation grace
+    # Shown once: on the page the admin lands on, and never again.
+    assert new_token in staff.get(rotated["Location"]).content.decode()
+    assert new_token not in staff.get(rotated["Location"]).content.decode()
+
+    revoked = staff.post(f"/admin/core/device/{device.pk}/revoke/")
+    assert revoked.status_code == 302
+    assert device_id_for_token(new_token) is None
+    assert device_id_for_token(made.token) is None
+
+
+# --- commands -----------------------------------------------------------------------------
+
+
+def test_commands_are_created_and_cancelled_on_the_shard(staff):
+    device = make_device(shard="shard_2").device
+    created = staff.post(
+        f"/admin/core/device/{device.pk}/commands/",
+        {"name": "set-rate", "args": '{"hz": 2}', "expires_in": "600"},
+    )
+    assert created.status_code == 302
+    (command,) = Command.objects.on_shard("shard_2").filter(device_id=device.pk)
+    assert (command.name, command.args, command.status) == ("set-rate", {"hz": 2}, "queued")
+    assert not Command.objects.on_shard("shard_1").filter(device_id=device.pk).exists()
+
+    cancelled = staff.post(f"/admin/core/device/{device.pk}/commands/{command.pk}/cancel/")
+    assert cancelled.status_code == 302
+    command.refresh_from_db(using="shard_2")
+    assert command.status == "cancelled"
+
+    again = staff.post(f"/admin/core/device/{device.pk}/commands/{command.pk}/cancel/")
+    assert again.status_code == 302
+    assert any("already cancelled" in m for m in messages_of(again))
+
+
+def test_a_bad_command_is_refused_and_nothing_is_written(staff):
+    device = make_device(shard="shard_1").device
+    for bad in ({"name": "no spaces"}, {"name": "ok", "args": "[1]"}, {"name": "ok", "args": "{"}):
+        answer = staff.post(f"/admin/core/device/{device.pk}/commands/", bad)
+        assert answer.status_code == 302
+        assert any("not created" in m for m in messages_of(answer)), bad
+    assert not Command.objects.on_shard("shard_1").filter(device_id=device.pk).exists()
+
+
+# --- moves --------------------------------------------------------------------------------
+
+
+def test_the_move_action_runs_a_job_on_the_worker(staff, celery_worker):
+    device = make_device(shard="shard_1").device
+    answer = staff.post(f"/admin/core/device/{device.pk}/move/", {"target": "shard_2"})
+    assert answer.status_code == 302
+    assert answer["Location"] == f"/admin/core/device/{device.pk}/change/"
+    job = MoveJob.objects.get(device=device)
+    assert (job.source_id, job.target_id) == ("shard_1", "shard_2")
+
+    page = staff.get(answer["Location"]).content.decode()
+    assert re.search(rf'id="move-progress" data-phase="{job.phase}"|id="move-progress"', page)
+    assert f'data-url="/admin/fleet/moves/{job.pk}/"' in page
+
+    def released() -> bool:
+        return staff.get(f"/admin/fleet/moves/{job.pk}/").json()["final"]
+
+    wait_until(released, what=f"move {job.pk}")
+    assert staff.get(f"/admin/fleet/moves/{job.pk}/").json()["phase"] in ("released", "done")
+    assert Placement.objects.get(device=device).shard_id == "shard_2"
+    page = staff.get(answer["Location"]).content.decode()
+    assert 'id="placement" data-shard="shard_2"' in page
+    assert 'data-final="true"' in page
+
+
+def test_bad_moves_are_refused_and_start_nothing(staff):
+    device = make_device(shard="shard_1").device
+    for target in ("shard_1", "shard_nope", ""):
+        answer = staff.post(f"/admin/core/device/{device.pk}/move/", {"target": target})
+        assert answer.status_code == 302
+        assert any(m.startswith("Not moved") for m in messages_of(answer)), target
+    assert not MoveJob.objects.exists()
+
+    running = start_move(device.pk, "shard_2", requested_by="test")  # recorded, not run
+    answer = staff.post(f"/admin/core/device/{device.pk}/move/", {"target": "shard_2"})
+    assert any("already being moved" in m for m in messages_of(answer))
+    assert list(MoveJob.objects.values_list("pk", flat=True)) == [running.pk]
+
+
+# --- shards -------------------------------------------------------------------------------
+
+
+def test_the_shards_page_shows_figures_and_marks_a_dead_shard(staff, three_shards, dead_shard):
+    for alias, count in (("shard_1", 3), ("shard_2", 1), ("shard_3", 2)):
+        for _ in range(count):
+            make_device(shard=alias)
+    answer = staff.get("/admin/core/shard/")
+    assert answer.status_code == 200
+    rows = {shard.alias: shard for shard in answer.context["cl"].result_list}
+    assert {a: rows[a].device_count for a in three_shards} == {
+        "shard_1": 3,
+        "shard_2": 1,
+        "shard_3": 2,
+    }
+    for alias in three_shards:
+        figures = rows[alias]._fleet_figures
+        assert figures.reachable and figures.latency_ms > 0 and figures.size_bytes > 1_000_000
+    assert not rows[dead_shard]._fleet_figures.reachable
+    body = answer.content.decode()
+    assert body.count(">unreachable<") == 1
+    # The shard's own page too.
+    page = staff.get(f"/admin/core/shard/{dead_shard}/change/")
+    assert page.status_code == 200 and "unreachable" in page.content.decode()
+
+
+def test_change_weight(staff):
+    answer = staff.post("/admin/core/shard/shard_2/weight/", {"weight": "250"})
+    assert answer.status_code == 302
+    assert Shard.objects.get(alias="shard_2").weight == 250
+    for bad in ("-3", "lots", ""):
+        staff.post("/admin/core/shard/shard_2/weight/", {"weight": bad})
+    assert Shard.objects.get(alias="shard_2").weight == 250
+
+
+def test_drain_marks_the_shard_draining_and_moves_its_devices_off(
+    staff, three_shards, celery_worker
+):
+    leaving = [make_device(shard="shard_3").device for _ in range(2)]
+    staying = make_device(shard="shard_1").device
+    pinned = make_device(shard="shard_3", pin=True).device
+
+    refused = staff.post("/admin/core/shard/shard_3/drain/")
+    assert any("pinned" in m for m in messages_of(refused))
+    assert Shard.objects.get(alias="shard_3").state == "active"
+    Placement.objects.filter(device=pinned).update(pinned=False)
+
+    answer = staff.post("/admin/core/shard/shard_3/drain/", {"cost": "devices"})
+    assert answer.status_code == 302
+    assert Shard.objects.get(alias="shard_3").state == "draining"
+
+    def emptied() -> bool:
+        return not Placement.objects.filter(shard_id="shard_3").exists()
+
+    wait_until(emptied, what="shard_3 to be drained")
+    for device in [*leaving, pinned]:
+        assert Placement.objects.get(device=device).shard_id in ("shard_1", "shard_2")
+    assert Placement.objects.get(device=staying).shard_id == "shard_1"
+    run = Rebalance.objects.get(kind="drain:shard_3")
+    wait_until(lambda: Rebalance.objects.get(pk=run.pk).state == "finished", what="the run")
+    page = staff.get("/admin/core/shard/shard_3/change/").content.decode()
+    assert f'data-run="{run.pk}"' in page
+
+
+# --- the cluster page ---------------------------------------------------------------------
+
+
+@override_settings(HAPROXY_STATS_ADDRESS="127.0.0.1:1")
+def test_the_cluster_page_shows_an_unreachable_haproxy(staff):
+    answer = staff.get("/admin/fleet/cluster/")
+    assert answer.status_code == 200
+    body = answer.content.decode()
+    assert 'id="haproxy-servers"' in body
+    assert "HAProxy stats unreachable" in body
+    assert "data-server=" not in body
+    assert 'data-shard="shard_1"' in body and 'data-shard="shard_2"' in body
+
+
+@override_settings(
+    CELERY_TASK_DEFAULT_QUEUE="admin-test-queue", HAPROXY_STATS_ADDRESS="127.0.0.1:1"
+)
+def test_the_cluster_page_shows_the_queue_length_from_the_broker(staff):
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    broker.delete("admin-test-queue")
+    broker.rpush("admin-test-queue", *[b"message"] * 7)
+    try:
+        body = staff.get("/admin/fleet/cluster/").content.decode()
+    finally:
+        broker.delete("admin-test-queue")
+    assert re.search(r'id="queue-length">\s*7 waiting', body), body
+
+
+@override_settings(CELERY_BROKER_URL="redis://127.0.0.1:1/0", HAPROXY_STATS_ADDRESS="127.0.0.1:1")
+def test_the_cluster_page_shows_an_unreachable_broker(staff):
+    answer = staff.get("/admin/fleet/cluster/")
+    assert answer.status_code == 200
+    assert re.search(
+        r'id="queue-length"><span class="fleet-unreachable">unreachable', (answer.content.decode())
+    )
+
+
+def test_the_cluster_page_reads_the_running_haproxy(staff):
+    from central_admin.haproxy_status import read_haproxy
+
+    status = read_haproxy()
+    if status.error:
+        pytest.skip(f"the local cluster's HAProxy is not running: {status.error}")
+    body = staff.get("/admin/fleet/cluster/").content.decode()
+    for server in status.servers:
+        row = re.search(rf'<tr data-server="{server.name}">.*?</tr>', body, re.S).group(0)
+        assert f'">{server.status}</td>' in row
+    assert any(server.name.startswith("app-") for server in status.servers)
