@@ -50,7 +50,7 @@ def add_readings(device_id: int, start, count: int, step=timedelta(seconds=1)) -
         ts = start + step * i
         rows.append(Reading(device_id=device_id, metric="temp", ts=ts, value=float(i)))
         rows.append(Reading(device_id=device_id, metric="humidity", ts=ts, value=100.0 - i))
-    Reading.objects.for_device(device_id).bulk_create(rows, batch_size=5000)
+    Reading.objects.for_device(device_id).bulk_create(rows, batch_size=5000, ignore_conflicts=True)
     last = start + step * (count - 1)
     for metric, value in (("temp", count - 1.0), ("humidity", 101.0 - count)):
         LatestValue.objects.for_device(device_id).update_or_create(
