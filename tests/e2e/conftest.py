@@ -25,6 +25,7 @@ import pytest
 from cluster.postgres import PostgresInstance
 from cluster.util import pids_with_marker
 from core import local_cluster
+from tests.e2e.browser import browser, screenshots  # noqa: F401 (fixtures)
 from tests.e2e.device_load import DeviceRecord, batch_body, post_upload
 
 E2E_VAR = local_cluster.REPO_ROOT / "var" / "e2e"
