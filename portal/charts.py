@@ -5,6 +5,7 @@ scale); the mean is a line, the min-max of each bucket a shaded band. Plain SVG
 text, so the same markup works inline on the device page and as an <img>.
 """
 
+import math
 from datetime import datetime, timedelta
 
 from django.utils.html import escape
@@ -22,6 +23,21 @@ GAP_BUCKETS = 3
 
 def _number(value: float) -> str:
     return f"{value:.4g}"
+
+
+def _tick_format(step: float) -> str:
+    """Enough decimals to tell ticks `step` apart, and no more."""
+    decimals = max(0, -math.floor(math.log10(step))) if step > 0 else 0
+    return f"{{:.{min(decimals + 1, 6)}f}}" if step < 1 else "{:.0f}" if step >= 5 else "{:.1f}"
+
+
+def width_label(width: timedelta) -> str:
+    """A bucket width as people say it: 10 s, 5 min, 2 h, 1 d."""
+    seconds = int(width.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
 
 
 def _time_label(ts: datetime, span: timedelta) -> str:
@@ -62,13 +78,14 @@ def _panel(series: Series, metric: str, buckets: list[Bucket], top: int, colour:
         f'<text x="{LEFT}" y="{top + TOP - 8}" class="metric">{escape(metric)}'
         f'<tspan class="now"> {_number(buckets[-1].mean)}</tspan></text>',
     ]
+    tick = _tick_format((high - low) / 4)
     for step in range(5):
         value = low + (high - low) * step / 4
         parts.append(
             f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{y(value):.1f}" y2="{y(value):.1f}"'
             ' class="grid"/>'
             f'<text x="{LEFT - 6}" y="{y(value) + 4:.1f}" class="tick" text-anchor="end">'
-            f"{_number(value)}</text>"
+            f"{tick.format(value)}</text>"
         )
     for fraction, anchor in ((0, "start"), (0.5, "middle"), (1, "end")):
         label = _time_label(series.start + span * fraction, span)

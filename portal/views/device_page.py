@@ -9,7 +9,7 @@ from django.views.decorators.http import require_GET
 
 from core.models import Device
 from portal.access import device_or_404, may_command
-from portal.charts import chart_svg
+from portal.charts import chart_svg, width_label
 from portal.device_data import recent_alerts, recent_commands
 from portal.forms import CommandForm
 from portal.ranges import PRESETS, TimeRange
@@ -29,6 +29,7 @@ def page_context(
         "latest": sorted(overview.latest.items()),
         "series": series,
         "chart": chart_svg(series),
+        "bucket": width_label(series.width),
         "range": time_range,
         "presets": list(PRESETS),
         "commands": recent_commands(device),
