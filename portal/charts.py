@@ -103,7 +103,7 @@ def _panel(series: Series, metric: str, buckets: list[Bucket], top: int, colour:
         )
         if len(run) == 1:
             parts.append(
-                f'<circle cx="{x(run[0]):.1f}" cy="{y(run[0].mean):.1f}" r="2.5" fill="{colour}"/>'
+                f'<circle cx="{x(run[0]):.1f}" cy="{y(run[0].mean):.1f}" r="3.5" fill="{colour}"/>'
             )
     return "".join(parts)
 
