@@ -25,6 +25,7 @@ class DeviceAccessInline(admin.TabularInline):
     model = DeviceAccess
     extra = 0
     autocomplete_fields = ("user",)
+    verbose_name_plural = "users who may see this device"
 
 
 @admin.register(Device)
@@ -45,6 +46,10 @@ class DeviceAdmin(admin.ModelAdmin):
     search_fields = ("serial", "name")
     list_select_related = ("placement",)
     list_per_page = 100
+    # Facet counts would ask every shard once per filter choice.
+    show_facets = admin.ShowFacets.NEVER
+    # Row links are plain change URLs (no ?_changelist_filters=...), as the browser tests expect.
+    preserve_filters = False
     readonly_fields = ("created_at",)
     inlines = (DeviceAccessInline,)
     change_form_template = "central_admin/device_change_form.html"

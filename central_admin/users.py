@@ -11,6 +11,7 @@ class UserDeviceInline(admin.TabularInline):
     extra = 0
     autocomplete_fields = ("device",)
     verbose_name = "device access"
+    verbose_name_plural = "devices this user may see"
 
 
 @admin.register(User)

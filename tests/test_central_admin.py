@@ -224,7 +224,7 @@ def test_the_list_filters_by_shard_online_owner_and_searches(fleet, people):
 def test_a_row_links_to_the_device_page(fleet, people):
     device = fleet["devices"][5]
     answer = client_for(people["staff"]).get("/admin/core/device/", {"q": device.serial})
-    assert f'href="/admin/core/device/{device.pk}/change/' in answer.content.decode()
+    assert f'href="/admin/core/device/{device.pk}/change/"' in answer.content.decode()
 
 
 def test_a_dead_shard_does_not_break_the_list(people, dead_shard):
