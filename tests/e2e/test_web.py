@@ -112,7 +112,7 @@ def test_a_web_user_watches_a_device_live_and_commands_it(
     page.wait_for_function(
         "id => document.querySelector(`#commands tr[data-command-id='${id}'] td.status`)"
         ".textContent.trim() === 'sent'",
-        arg=command_id,
+        arg=str(command_id),  # 64-bit ids do not fit a JavaScript number
         timeout=STATE_TIMEOUT_MS,
     )
     screenshots.take(page, "command-sent")
@@ -123,7 +123,7 @@ def test_a_web_user_watches_a_device_live_and_commands_it(
     page.wait_for_function(
         "id => document.querySelector(`#commands tr[data-command-id='${id}'] td.status`)"
         ".textContent.trim() === 'succeeded'",
-        arg=command_id,
+        arg=str(command_id),  # 64-bit ids do not fit a JavaScript number
         timeout=STATE_TIMEOUT_MS,
     )
     assert page.evaluate("window.__notReloaded === true"), "the page reloaded itself"
