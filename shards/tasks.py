@@ -84,31 +84,10 @@ def drain_shard(alias: str, cost: str = "rows", include_pinned: bool = False) ->
     if it can be. A worker killed mid-drain has the task delivered again, which
     continues where it stopped, as running the command again does.
     """
-    from shards.rebalance.costs import gather_fleet
-    from shards.rebalance.drain import drain_kind, mark_draining, try_retire
-    from shards.rebalance.locks import exclusive_runner
-    from shards.rebalance.planner import plan_drain
-    from shards.rebalance.runner import (
-        create_run,
-        execute,
-        finish_interrupted_moves,
-        refuse_interrupted,
-        resume_run,
-    )
+    from shards.rebalance.drain import try_retire
+    from shards.rebalance.drain_run import move_devices_off
 
-    kind = drain_kind(alias)
-    with exclusive_runner() as lock:
-        earlier = refuse_interrupted(except_kind=kind)
-        mark_draining(alias)
-        finish_interrupted_moves()
-        for run in earlier:
-            resume_run(run, lock)
-        shards, devices = gather_fleet(cost)
-        plan = plan_drain(shards, devices, alias, include_pinned=include_pinned)
-        if plan.blocked:
-            logger.warning("drain of %s: %d pinned devices stay", alias, len(plan.blocked))
-        if plan.moves:
-            execute(create_run(lock, kind=kind, cost=cost, plan=plan), lock)
+    move_devices_off(alias, cost, include_pinned=include_pinned)
     status = try_retire(alias)
     logger.info("drain of %s: %s", alias, status.message())
     return status.as_json()

@@ -12,22 +12,16 @@ from shards.rebalance.drain import (
     RetireStatus,
     drain_kind,
     get_shard,
-    mark_draining,
     pinned_on,
     try_retire,
 )
-from shards.rebalance.locks import exclusive_runner
+from shards.rebalance.drain_run import move_devices_off
 from shards.rebalance.planner import Plan, plan_drain
 from shards.rebalance.progress import MovesProgress
 from shards.rebalance.report import counts, plan_lines, run_lines, run_summary
 from shards.rebalance.runner import (
     RebalanceError,
     check_kind,
-    create_run,
-    execute,
-    finish_interrupted_moves,
-    refuse_interrupted,
-    resume_run,
 )
 
 EXAMPLES = """\
@@ -155,26 +149,16 @@ left on the shard other than by waiting for cleanup."""
 
     def drain(self, alias: str, options: dict[str, Any]) -> tuple[Plan, list[Rebalance]]:
         """Continue an interrupted drain of `alias`, then move whatever is still on it."""
-        progress = MovesProgress(enabled=not self.as_json)
-        runs = []
-        with exclusive_runner() as lock:
-            earlier = refuse_interrupted(except_kind=drain_kind(alias))
-            mark_draining(alias)
-            self.say(f"{alias} is draining: no new devices go there")
-            finish_interrupted_moves(progress)
-            for run in earlier:
-                self.say(f"continuing the interrupted {run.kind} {run.pk}")
-                self.run_to_end(run, lambda run=run: resume_run(run, lock, progress))
-                runs.append(run)
-            plan = self.make_plan(alias, options)
-            if plan.blocked:  # pinned since the check above
-                self.refuse_pinned(alias, options["include_pinned"], draining=True)
-            self.say("\n".join(plan_lines(plan, options["cost"])))
-            if plan.moves:
-                run = create_run(lock, kind=drain_kind(alias), cost=options["cost"], plan=plan)
-                self.run_to_end(run, lambda: execute(run, lock, progress))
-                runs.append(run)
-        return plan, runs
+        include_pinned = options["include_pinned"]
+        return move_devices_off(
+            alias,
+            options["cost"],
+            include_pinned=include_pinned,
+            progress=MovesProgress(enabled=not self.as_json),
+            run_step=self.run_to_end,
+            say=self.say,
+            on_blocked=lambda plan: self.refuse_pinned(alias, include_pinned, draining=True),
+        )
 
     def continue_hint(self, run: Rebalance) -> str:
         return f"Run `drain_shard {run.kind.split(':', 1)[1]}` again to continue."
