@@ -22,6 +22,7 @@ def test_model_families_are_what_we_think():
         "LatestValue",
         "Command",
         "DeviceStatus",
+        "Alert",
     }
     assert {User, Device, Shard} <= DIRECTORY_MODELS
 

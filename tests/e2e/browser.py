@@ -2,7 +2,7 @@
 
 Playwright's own browser download cannot work on machines without internet, so
 the tests launch the chromium that bin/bootstrap installs. Screenshots are kept
-as test artifacts in var/test-artifacts/screenshots/ (emptied at each session).
+as test artifacts in var/test-artifacts/screenshots/ (emptied when the browser starts).
 """
 
 import re
@@ -25,7 +25,10 @@ CHROMIUM_ARGS = [
 SCREENSHOTS = local_cluster.REPO_ROOT / "var" / "test-artifacts" / "screenshots"
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while Playwright's sync API is open the main thread has
+# a running event loop, and Django refuses ORM calls there (SynchronousOnlyOperation),
+# so the browser must be gone before the database tests that follow.
+@pytest.fixture(scope="module")
 def browser() -> Iterator:
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: run bin/bootstrap, which installs Debian's chromium")
