@@ -46,7 +46,9 @@ MetricName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.
 BatchId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[!-~]+$")]
 Serial = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[!-~]+$")]
 FiniteNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-CommandName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
+COMMAND_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+CommandName = Annotated[str, StringConstraints(pattern=COMMAND_NAME_PATTERN)]
+COMMAND_MAX_EXPIRY = 30 * 24 * 3600
 
 
 class Strict(Schema):
@@ -143,7 +145,7 @@ class CommandIn(Strict):
     name: CommandName
     args: JsonObject = Field(default_factory=dict)
     expires_in: int | None = Field(
-        default=None, ge=1, le=30 * 24 * 3600, description="Seconds until it expires."
+        default=None, ge=1, le=COMMAND_MAX_EXPIRY, description="Seconds until it expires."
     )
 
 

@@ -1,4 +1,4 @@
-"""The command form: the same rules as the JSON API's CommandIn, with messages for people."""
+"""The command form of the portal and the admin: the JSON API's rules, with messages for people."""
 
 import json
 from typing import Any
@@ -6,9 +6,7 @@ from typing import Any
 from django import forms
 from django.core.validators import RegexValidator
 
-from api.schemas import without_nul
-
-MAX_ARGS_BYTES = 8192
+from api.schemas import COMMAND_MAX_EXPIRY, COMMAND_NAME_PATTERN, MAX_JSON_BYTES, small_json
 
 
 def _no_constants(name: str) -> None:
@@ -20,7 +18,7 @@ class CommandForm(forms.Form):
         max_length=64,
         validators=[
             RegexValidator(
-                r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$",
+                COMMAND_NAME_PATTERN,
                 "Use letters, digits and _ . : - (starting with a letter or digit).",
             )
         ],
@@ -30,15 +28,21 @@ class CommandForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 2, "placeholder": '{"delay": 5}'}),
         help_text="Optional: a JSON object.",
     )
+    expires_in = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=COMMAND_MAX_EXPIRY,
+        help_text="Seconds until it expires (default: a day).",
+    )
 
     def clean_args(self) -> dict[str, Any]:
         text = self.cleaned_data["args"].strip()
         if not text:
             return {}
-        if len(text.encode()) > MAX_ARGS_BYTES:
-            raise forms.ValidationError(f"Arguments may be at most {MAX_ARGS_BYTES} bytes.")
+        if len(text.encode()) > MAX_JSON_BYTES:
+            raise forms.ValidationError(f"Arguments may be at most {MAX_JSON_BYTES} bytes.")
         try:
-            value = without_nul(json.loads(text, parse_constant=_no_constants))
+            value = small_json(json.loads(text, parse_constant=_no_constants))
         except ValueError as exc:
             raise forms.ValidationError(f"Arguments are not valid JSON: {exc}.") from None
         if not isinstance(value, dict):

@@ -34,6 +34,7 @@ def send_command(request: HttpRequest, device_id: int) -> HttpResponse:
             device.pk,
             form.cleaned_data["name"],
             form.cleaned_data["args"],
+            expires_in=form.cleaned_data["expires_in"],
             created_by_id=request.user.pk,
         )
     except CommandError as exc:
