@@ -20,12 +20,13 @@ from core.models import Device
 from routers.errors import RoutingError
 from shards.alerts import AlertNotFound, acknowledge_alert
 from shards.commands import CommandError, cancel_command, create_command
+from shards.fence import DeviceMoved
 from shards.moves.protocol import MoveError, start_move
 from shards.tasks import run_move_job
 
 logger = logging.getLogger(__name__)
-# A shard that is down or a device mid-move: the action is refused, the page says why.
-SHARD_TROUBLE = (DatabaseError, RoutingError)
+# A shard that is down or a device held by a move: the action is refused, the page says why.
+SHARD_TROUBLE = (DatabaseError, RoutingError, DeviceMoved)
 
 
 def device_page(device: Device) -> HttpResponseRedirect:
@@ -86,9 +87,7 @@ def command_cancel(request: HttpRequest, device_id: int, command_id: int) -> Htt
     device = _device_for_change(request, device_id)
     try:
         cancel_command(device.pk, command_id)
-    except CommandError as exc:
-        messages.error(request, f"Not cancelled: {exc}")
-    except SHARD_TROUBLE as exc:
+    except (CommandError, *SHARD_TROUBLE) as exc:
         messages.error(request, f"Not cancelled: {exc}")
     else:
         messages.success(request, f"Command {command_id} cancelled.")

@@ -8,8 +8,8 @@ it exists, and "not allowed" is the honest answer.
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 
-from api.access import visible_devices
-from core.models import Device, DeviceAccess, User
+from api.access import may_command, visible_devices
+from core.models import Device, User
 
 
 def device_or_404(user: User, device_id: int) -> Device:
@@ -17,12 +17,6 @@ def device_or_404(user: User, device_id: int) -> Device:
     if device is None:
         raise Http404("no such device")
     return device
-
-
-def may_command(user: User, device: Device) -> bool:
-    if user.is_staff:
-        return True
-    return DeviceAccess.objects.filter(device=device, user=user, can_command=True).exists()
 
 
 def commandable_device_or_404(user: User, device_id: int) -> Device:

@@ -10,7 +10,7 @@ from django.db import connections
 from django.http import StreamingHttpResponse
 
 from shards.alerts import raise_alert
-from shards.models import Alert, Command, Reading
+from shards.models import Alert, Command, DeviceFence, Reading
 from shards.series import MAX_POINTS, bucket_width, device_series
 from tests import test_portal_support as support
 from tests.factories import T0
@@ -209,6 +209,18 @@ def test_bad_command_arguments_are_explained_and_nothing_is_created(world, args,
     assert plain.status_code == 400
     shown = parse_html(plain.content).one(id="command-error")
     assert message in shown.text and "hidden" not in shown.attrs
+    assert Command.objects.for_device(device).count() == 0
+
+
+def test_a_command_for_a_device_held_by_a_move_is_503_not_500(world, settings):
+    """A mover keeps the device fenced past FENCE_WAIT_SECONDS: try again later."""
+    settings.FENCE_WAIT_SECONDS = 0.1
+    device = world["a1"].device
+    DeviceFence.objects.for_device(device).filter(device_id=device.pk).update(
+        state=DeviceFence.State.FENCED
+    )
+    answer = login(world["x"]).post(f"/devices/{device.pk}/commands", {"name": "reboot"})
+    assert answer.status_code == 503 and answer["Retry-After"]
     assert Command.objects.for_device(device).count() == 0
 
 

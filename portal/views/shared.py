@@ -9,16 +9,17 @@ from django.shortcuts import render
 
 from portal.ranges import BadRange, TimeRange, range_from
 from routers.errors import FanOutError
+from shards.fence import DeviceMoved
 
 
 def shard_outage_as_503(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """A device whose shard is down gets a page saying so, not a 500."""
+    """A device whose shard is down, or held by a move for too long, gets a page saying so."""
 
     @wraps(view)
     def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
         try:
             return view(request, *args, **kwargs)
-        except (OperationalError, InterfaceError, FanOutError):
+        except (OperationalError, InterfaceError, FanOutError, DeviceMoved):
             response = render(request, "portal/unavailable.html", status=503)
             response["Retry-After"] = "10"
             return response
