@@ -7,19 +7,17 @@ bad input or a refused operation is an error message and changes nothing.
 import logging
 
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied
 from django.db import DatabaseError
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.shortcuts import get_object_or_404
-from django.urls import reverse
+from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_POST
 
+from central_admin.actions import change_page, object_for_change
 from central_admin.forms import CommandForm, form_errors
 from core.credentials import revoke_tokens, rotate_token
 from core.models import Device
 from routers.errors import RoutingError
 from shards.alerts import AlertNotFound, acknowledge_alert
-from shards.commands import CommandError, cancel_command, create_command
+from shards.commands import CommandError, cancel_command
 from shards.fence import DeviceMoved
 from shards.moves.protocol import MoveError, start_move
 from shards.tasks import run_move_job
@@ -29,96 +27,79 @@ logger = logging.getLogger(__name__)
 SHARD_TROUBLE = (DatabaseError, RoutingError, DeviceMoved)
 
 
-def device_page(device: Device) -> HttpResponseRedirect:
-    return HttpResponseRedirect(reverse("admin:core_device_change", args=[device.pk]))
-
-
-def _device_for_change(request: HttpRequest, device_id: int) -> Device:
-    """The device, if the user may change devices; else 403; unknown is 404."""
-    if not request.user.has_perm("core.change_device"):
-        raise PermissionDenied
-    return get_object_or_404(Device, pk=device_id)
-
-
 @require_POST
 def rotate(request: HttpRequest, device_id: int) -> HttpResponse:
-    device = _device_for_change(request, device_id)
+    device = object_for_change(request, Device, device_id)
     token = rotate_token(device)
     messages.success(
         request,
         f"New token for {device.serial} (shown only now; older tokens expire after the"
         f" rotation grace period): {token}",
     )
-    return device_page(device)
+    return change_page(device)
 
 
 @require_POST
 def revoke(request: HttpRequest, device_id: int) -> HttpResponse:
-    device = _device_for_change(request, device_id)
+    device = object_for_change(request, Device, device_id)
     count = revoke_tokens(device)
     messages.success(request, f"Revoked {count} live token(s) of {device.serial}.")
-    return device_page(device)
+    return change_page(device)
 
 
 @require_POST
 def command_create(request: HttpRequest, device_id: int) -> HttpResponse:
-    device = _device_for_change(request, device_id)
+    device = object_for_change(request, Device, device_id)
     form = CommandForm(request.POST)
     if not form.is_valid():
         messages.error(request, f"Command not created: {form_errors(form)}")
-        return device_page(device)
+        return change_page(device)
     try:
-        command = create_command(
-            device.pk,
-            form.cleaned_data["name"],
-            form.cleaned_data["args"],
-            expires_in=form.cleaned_data["expires_in"],
-            created_by_id=request.user.pk,
-        )
+        command = form.create(device.pk, request.user.pk)
     except SHARD_TROUBLE as exc:
         messages.error(request, f"Command not created: {exc}")
     else:
         messages.success(request, f"Command {command.pk} ({command.name}) queued.")
-    return device_page(device)
+    return change_page(device)
 
 
 @require_POST
 def command_cancel(request: HttpRequest, device_id: int, command_id: int) -> HttpResponse:
-    device = _device_for_change(request, device_id)
+    device = object_for_change(request, Device, device_id)
     try:
         cancel_command(device.pk, command_id)
     except (CommandError, *SHARD_TROUBLE) as exc:
         messages.error(request, f"Not cancelled: {exc}")
     else:
         messages.success(request, f"Command {command_id} cancelled.")
-    return device_page(device)
+    return change_page(device)
 
 
 @require_POST
 def alert_acknowledge(request: HttpRequest, device_id: int, alert_id: int) -> HttpResponse:
-    device = _device_for_change(request, device_id)
+    device = object_for_change(request, Device, device_id)
     try:
         acknowledge_alert(device.pk, alert_id, request.user.pk)
     except (AlertNotFound, *SHARD_TROUBLE) as exc:
         messages.error(request, f"Not acknowledged: {exc}")
     else:
         messages.success(request, f"Alert {alert_id} acknowledged.")
-    return device_page(device)
+    return change_page(device)
 
 
 @require_POST
 def move(request: HttpRequest, device_id: int) -> HttpResponse:
     """Record a move job and queue it for a worker; the page then follows its phases."""
-    device = _device_for_change(request, device_id)
+    device = object_for_change(request, Device, device_id)
     target = request.POST.get("target", "").strip()
     if not target:
         messages.error(request, "Not moved: choose a target shard.")
-        return device_page(device)
+        return change_page(device)
     try:
         job = start_move(device.pk, target, requested_by=f"admin {request.user.get_username()}")
     except (MoveError, *SHARD_TROUBLE) as exc:
         messages.error(request, f"Not moved: {exc}")
-        return device_page(device)
+        return change_page(device)
     try:
         run_move_job.delay(job.pk)
     except Exception as exc:  # the broker is down: the job stays recorded, nothing moved
@@ -128,6 +109,6 @@ def move(request: HttpRequest, device_id: int) -> HttpResponse:
             f"Move job {job.pk} is recorded but could not be queued ({exc});"
             " `manage.py move_device --resume` runs it.",
         )
-        return device_page(device)
+        return change_page(device)
     messages.success(request, f"Move job {job.pk} started: {job.source_id} -> {job.target_id}.")
-    return device_page(device)
+    return change_page(device)

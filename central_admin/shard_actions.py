@@ -1,14 +1,12 @@
 """The shard page's POST actions: change the weight, start a drain in the background."""
 
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied
 from django.db import DatabaseError
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.shortcuts import get_object_or_404
-from django.urls import reverse
+from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from central_admin.actions import change_page, object_for_change
 from central_admin.forms import DrainForm, WeightForm, form_errors
 from core.models import Shard
 from routers.registry import refresh_registry
@@ -17,20 +15,10 @@ from shards.rebalance.runner import RebalanceError
 from shards.tasks import drain_shard
 
 
-def shard_page(shard: Shard) -> HttpResponseRedirect:
-    return HttpResponseRedirect(reverse("admin:core_shard_change", args=[shard.alias]))
-
-
-def _shard_for_change(request: HttpRequest, alias: str) -> Shard:
-    if not request.user.has_perm("core.change_shard"):
-        raise PermissionDenied
-    return get_object_or_404(Shard, alias=alias)
-
-
 @require_POST
 def change_weight(request: HttpRequest, alias: str) -> HttpResponse:
     """New devices and rebalances follow the weight; nothing moves by itself."""
-    shard = _shard_for_change(request, alias)
+    shard = object_for_change(request, Shard, alias)
     form = WeightForm(request.POST)
     if shard.state == Shard.State.RETIRED:
         messages.error(request, f"{alias} is retired; its weight no longer matters.")
@@ -41,17 +29,17 @@ def change_weight(request: HttpRequest, alias: str) -> HttpResponse:
         Shard.objects.filter(alias=alias).update(weight=new, updated_at=timezone.now())
         refresh_registry(force=True)
         messages.success(request, f"{alias}: weight {old} -> {new}.")
-    return shard_page(shard)
+    return change_page(shard)
 
 
 @require_POST
 def drain(request: HttpRequest, alias: str) -> HttpResponse:
     """Mark the shard draining now; a Celery task moves its devices off and retires it."""
-    shard = _shard_for_change(request, alias)
+    shard = object_for_change(request, Shard, alias)
     form = DrainForm(request.POST)
     if not form.is_valid():
         messages.error(request, f"Not drained: {form_errors(form)}")
-        return shard_page(shard)
+        return change_page(shard)
     include_pinned = form.cleaned_data["include_pinned"]
     pinned = pinned_on(alias)
     if pinned and not include_pinned:
@@ -61,7 +49,7 @@ def drain(request: HttpRequest, alias: str) -> HttpResponse:
             f"Not drained: {alias} holds {len(pinned)} pinned devices ({names}); unpin them or"
             " tick 'include pinned' (they move and stay pinned).",
         )
-        return shard_page(shard)
+        return change_page(shard)
     try:
         mark_draining(alias)
         drain_shard.delay(alias, form.cleaned_data["cost"] or "rows", include_pinned)
@@ -79,4 +67,4 @@ def drain(request: HttpRequest, alias: str) -> HttpResponse:
             f"{alias} is draining: no new devices go there; its devices move off in the"
             " background (progress below).",
         )
-    return shard_page(shard)
+    return change_page(shard)

@@ -7,6 +7,8 @@ from django import forms
 from django.core.validators import RegexValidator
 
 from api.schemas import COMMAND_MAX_EXPIRY, COMMAND_NAME_PATTERN, MAX_JSON_BYTES, small_json
+from shards.commands import create_command
+from shards.models import Command
 
 
 def _no_constants(name: str) -> None:
@@ -48,3 +50,14 @@ class CommandForm(forms.Form):
         if not isinstance(value, dict):
             raise forms.ValidationError('Arguments must be a JSON object, like {"delay": 5}.')
         return value
+
+    def create(self, device_id: int, user_id: int | None) -> Command:
+        """Queue the valid form's command on the device's shard, as sent by `user_id`."""
+        data = self.cleaned_data
+        return create_command(
+            device_id,
+            data["name"],
+            data["args"],
+            expires_in=data["expires_in"],
+            created_by_id=user_id,
+        )

@@ -15,7 +15,7 @@ from portal.forms import CommandForm
 from portal.ranges import range_from
 from portal.views.device_page import page_context
 from portal.views.shared import shard_outage_as_503, wants_json
-from shards.commands import CommandError, create_command
+from shards.commands import CommandError
 
 
 @require_POST
@@ -30,13 +30,7 @@ def send_command(request: HttpRequest, device_id: int) -> HttpResponse:
         context = page_context(request, device, range_from({}), form)
         return render(request, "portal/device_page.html", context, status=400)
     try:
-        command = create_command(
-            device.pk,
-            form.cleaned_data["name"],
-            form.cleaned_data["args"],
-            expires_in=form.cleaned_data["expires_in"],
-            created_by_id=request.user.pk,
-        )
+        command = form.create(device.pk, request.user.pk)
     except CommandError as exc:
         return JsonResponse({"errors": {"__all__": [{"message": str(exc)}]}}, status=exc.status)
     if wants_json(request):
