@@ -62,6 +62,28 @@ def lock_fence(device_id: int, alias: str, *, deleting: bool = False) -> None:
         raise DeviceMoved(device_id, alias, state)
 
 
+def lock_owned_devices(
+    alias: str, device_ids: list[int] | None = None, *, deleting: bool = False
+) -> list[int]:
+    """Inside a transaction on `alias`: the devices this shard owns, their fences held FOR SHARE.
+
+    For work on many devices at once (analysis, expiry, retention): a device whose
+    fence a mover holds is skipped, not waited for (SKIP LOCKED), and is done by a
+    later run on whichever shard owns it then. `deleting` takes plain 'active'
+    owners only, as lock_fence does. `device_ids` None means every owned device.
+    """
+    states = [DeviceFence.State.ACTIVE] if deleting else list(OWNING_STATES)
+    only = "" if device_ids is None else "AND device_id = ANY(%s)"
+    params: list = [states] if device_ids is None else [states, device_ids]
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            f"SELECT device_id FROM {DeviceFence._meta.db_table}"
+            f" WHERE state = ANY(%s) {only} ORDER BY device_id FOR SHARE SKIP LOCKED",
+            params,
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
 def write_for_device(device: object, write: Callable[[str], T], *, deleting: bool = False) -> T:
     """Run `write(alias)` in a fenced transaction on the device's shard, following moves.
 

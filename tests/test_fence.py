@@ -1,11 +1,15 @@
 """A stale placement cache is harmless: the old shard's fence turns the write away."""
 
+from contextlib import closing
+
 import pytest
+from django.db import transaction
 
 from core.models import Placement
 from routers.placement import shard_for_device
-from shards.fence import DeviceMoved, open_fence, write_for_device
+from shards.fence import DeviceMoved, lock_owned_devices, open_fence, write_for_device
 from shards.models import Command, DeviceFence
+from shards.moves.streams import raw_connection
 from tests.factories import make_device
 
 
@@ -63,3 +67,21 @@ def test_a_device_being_copied_takes_writes_but_its_deletes_wait(shards, setting
         deleting=True,
     )
     assert removed == 1
+
+
+def test_lock_owned_devices_takes_owners_and_skips_a_fence_a_mover_holds(shards):
+    devices = {state: make_device(shard="shard_1").device.pk for state in DeviceFence.State}
+    fences = DeviceFence.objects.on_shard("shard_1")
+    for state, device_id in devices.items():
+        fences.filter(device_id=device_id).update(state=state)
+    held = make_device(shard="shard_1").device.pk  # active, but a mover is changing it
+    with closing(raw_connection("shard_1")) as mover, mover.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM shards_devicefence WHERE device_id = %s FOR UPDATE", [held])
+        with transaction.atomic(using="shard_1"):
+            owned = lock_owned_devices("shard_1")
+            deletable = lock_owned_devices("shard_1", deleting=True)
+            some = lock_owned_devices("shard_1", [devices["active"], devices["moved"], held])
+    S = DeviceFence.State
+    assert owned == sorted([devices[S.ACTIVE], devices[S.COPYING]])
+    assert deletable == [devices[S.ACTIVE]]
+    assert some == [devices[S.ACTIVE]]
