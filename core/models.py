@@ -80,6 +80,21 @@ class Device(models.Model):
         help_text="Released by an admin: the next enrolment with this serial gets a new"
         " token and revokes the old ones. Cleared by that enrolment.",
     )
+    report_interval_s = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        verbose_name="report interval (seconds)",
+        help_text="How often the device is expected to report; silent for longer, it is"
+        " offline and an alert is raised. Empty: DEVICE_REPORT_INTERVAL.",
+    )
+    raw_retention_days = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        verbose_name="raw retention (days)",
+        help_text="Raw readings older than this are deleted (rollups are kept). Empty: keep.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -87,6 +102,65 @@ class Device(models.Model):
 
     def __str__(self) -> str:
         return self.name or self.serial
+
+    @property
+    def expected_report_interval(self) -> int:
+        """Seconds of silence after which the device counts as offline."""
+        return self.report_interval_s or settings.DEVICE_REPORT_INTERVAL
+
+
+class AlertRule(models.Model):
+    """One anomaly rule for one device and metric, checked on every new minute bucket.
+
+    Lives in the directory with the device it configures; the alerts it raises
+    live on the device's shard under the condition key "<kind>:<metric>".
+    """
+
+    class Kind(models.TextChoices):
+        MIN = "min", "below a minimum"
+        MAX = "max", "above a maximum"
+        ZSCORE = "zscore", "far from the trailing mean (z-score)"
+
+    class Severity(models.TextChoices):
+        # The same values as the shard's Alert.Severity (core does not import shard models).
+        INFO = "info", "info"
+        WARNING = "warning", "warning"
+        CRITICAL = "critical", "critical"
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="alert_rules")
+    metric = models.CharField(max_length=64)
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    threshold = models.FloatField(
+        help_text="min/max: the bound; zscore: how many standard deviations count as anomalous."
+    )
+    window_minutes = models.PositiveIntegerField(
+        default=60,
+        validators=[MinValueValidator(1)],
+        help_text="zscore only: the trailing window the mean and deviation come from.",
+    )
+    severity = models.CharField(max_length=16, choices=Severity.choices, default=Severity.WARNING)
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["device", "metric", "kind"]
+        constraints = [
+            # One rule per condition key, so its alert is never shared by two rules.
+            models.UniqueConstraint(
+                fields=["device", "metric", "kind"], name="one_alert_rule_per_condition"
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(kind="zscore") | models.Q(threshold__gt=0),
+                name="zscore_threshold_positive",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.condition} of device {self.device_id}"
+
+    @property
+    def condition(self) -> str:
+        """The alert condition key this rule raises and clears."""
+        return f"{self.kind}:{self.metric}"
 
 
 class DeviceAccess(models.Model):

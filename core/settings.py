@@ -153,6 +153,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Staged uploads older than this are queued again by the sweeper (the broker lost them).
 UPLOAD_SWEEP_AFTER_SECONDS = int(os.environ.get("UPLOAD_SWEEP_AFTER_SECONDS", "60"))
+# How often beat queues an analysis run of every shard (shards.analysis.run).
+ANALYSIS_INTERVAL_SECONDS = float(os.environ.get("ANALYSIS_INTERVAL_SECONDS", "30"))
 # celery beat: queue lost imports again; a sweep not started within its period is dropped.
 CELERY_BEAT_SCHEDULE = {
     "sweep-staged-uploads": {
@@ -164,6 +166,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "shards.tasks.clean_up_moved_devices",
         "schedule": 60.0,
         "options": {"expires": 60},
+    },
+    # Queues one analyse_shard per serving shard; a run not started in time is dropped.
+    "analyse-all-shards": {
+        "task": "shards.tasks.analyse_all_shards",
+        "schedule": ANALYSIS_INTERVAL_SECONDS,
+        "options": {"expires": ANALYSIS_INTERVAL_SECONDS},
     },
 }
 
@@ -178,6 +186,10 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("UPLOAD_MAX_BYTES", str(2 * 102
 READING_MAX_FUTURE_SECONDS = int(os.environ.get("READING_MAX_FUTURE_SECONDS", "86400"))
 # A device silent for longer than this is shown offline.
 DEVICE_OFFLINE_AFTER = int(os.environ.get("DEVICE_OFFLINE_AFTER", "300"))
+# Analysis: the report interval of devices that set none (silent for longer: an offline
+# alert), and how long imported raw uploads are kept (their readings stay).
+DEVICE_REPORT_INTERVAL = int(os.environ.get("DEVICE_REPORT_INTERVAL", "300"))
+UPLOAD_RETENTION_DAYS = float(os.environ.get("UPLOAD_RETENTION_DAYS", "7"))
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
