@@ -1,6 +1,6 @@
-"""Celery tasks for ingest: import one staged upload; sweep every shard for lost ones.
+"""Celery tasks: import and sweep uploads, moves and drains, and per-shard analysis.
 
-Both are safe to run more than once: the import is idempotent and at-least-once
+The ingest tasks are safe to run more than once: the import is idempotent and at-least-once
 (acks_late, re-delivered when a worker dies), and the sweep only queues imports.
 """
 
@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from routers.fanout import fan_out
+from routers.registry import serving_shards
 from shards import ingest
 from shards.fence import DeviceMoved
 
@@ -91,3 +92,28 @@ def drain_shard(alias: str, cost: str = "rows", include_pinned: bool = False) ->
     status = try_retire(alias)
     logger.info("drain of %s: %s", alias, status.message())
     return status.as_json()
+
+
+@shared_task(ignore_result=True)
+def analyse_shard(alias: str) -> dict:
+    """One analysis run of one shard (shards.analysis.run); skips if one is running there.
+
+    Devices are looked up afresh through their fences when it runs, never
+    trusted from when it was queued.
+    """
+    from shards.analysis.run import analyse_shard as run_analysis
+
+    return run_analysis(alias)
+
+
+@shared_task(ignore_result=True)
+def analyse_all_shards() -> list[str]:
+    """Beat's entry: queue one analysis run per serving shard, for the workers to share.
+
+    Each run expires after ANALYSIS_INTERVAL_SECONDS: one that no worker started
+    by then is dropped, as the next beat tick queues a fresh one.
+    """
+    aliases = serving_shards()
+    for alias in aliases:
+        analyse_shard.apply_async((alias,), expires=settings.ANALYSIS_INTERVAL_SECONDS)
+    return aliases

@@ -1,0 +1,92 @@
+"""One analysis run of one shard: rollups, anomaly rules, offline, expiry, retention.
+
+A run holds a session advisory lock on the shard's own database, so two runs
+of one shard never overlap (the second skips; beat queues another soon). Each
+step works in short transactions of its own and takes the fences of the devices
+it touches through lock_owned_devices, so a device a move holds is skipped and
+done by a later run on whichever shard owns it then: its pending rollups and
+last-seen time travel with it. A step that fails is logged and does not stop
+the others.
+"""
+
+import importlib.util
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from django.db import connections
+
+from routers.registry import ensure_shard_connection
+from shards.analysis.buckets import MinuteBucket
+from shards.analysis.expiry import expire_commands
+from shards.analysis.offline import detect_offline
+from shards.analysis.retention import delete_imported_uploads, delete_old_readings
+from shards.analysis.rules import evaluate_rules
+
+logger = logging.getLogger(__name__)
+
+# pg_try_advisory_lock(namespace, 0) on the shard: apart from the move (7401) and
+# rebalance (7402) namespaces, which live on the directory.
+ANALYSIS_LOCK_NAMESPACE = 7411
+ROLLUPS_MODULE = "shards.analysis.rollups"
+
+
+@contextmanager
+def shard_run_lock(alias: str) -> Iterator[bool]:
+    """Hold the shard's analysis lock for the block; yields False if another run has it."""
+    ensure_shard_connection(alias)
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, 0)", [ANALYSIS_LOCK_NAMESPACE])
+        acquired = bool(cursor.fetchone()[0])
+    try:
+        yield acquired
+    finally:
+        if acquired:
+            with connections[alias].cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s, 0)", [ANALYSIS_LOCK_NAMESPACE])
+
+
+def roll_up(alias: str) -> list[MinuteBucket] | None:
+    """Run the rollup step; the minute buckets it recomputed (None: no rollup module yet)."""
+    if importlib.util.find_spec(ROLLUPS_MODULE) is None:
+        return None
+    from shards.analysis.rollups import roll_up_shard
+
+    return list(roll_up_shard(alias).changed)
+
+
+def analyse_shard(alias: str) -> dict[str, Any]:
+    """Run every analysis step on one shard; returns (and logs) what each step did."""
+    started = time.monotonic()
+    summary: dict[str, Any] = {"shard": alias}
+    with shard_run_lock(alias) as acquired:
+        if not acquired:
+            summary["skipped"] = "another analysis run holds this shard"
+            logger.info("analysis of %s skipped: another run holds it", alias)
+            return summary
+        errors: dict[str, str] = {}
+
+        def step(name: str, work: Callable[[], Any]) -> Any:
+            try:
+                return work()
+            except Exception as exc:  # one broken step must not stop the others
+                logger.exception("analysis of %s: step %s failed", alias, name)
+                errors[name] = f"{type(exc).__name__}: {exc}"
+                return None
+
+        changed = step("rollups", lambda: roll_up(alias))
+        summary["rollups"] = {"changed": None if changed is None else len(changed)}
+        summary["rules"] = step("rules", lambda: evaluate_rules(alias, changed or []))
+        summary["offline"] = step("offline", lambda: detect_offline(alias))
+        summary["expiry"] = {"expired": step("expiry", lambda: expire_commands(alias))}
+        summary["retention"] = {
+            "readings": step("retention_readings", lambda: delete_old_readings(alias)),
+            "uploads": step("retention_uploads", lambda: delete_imported_uploads(alias)),
+        }
+        if errors:
+            summary["errors"] = errors
+    summary["seconds"] = round(time.monotonic() - started, 3)
+    logger.info("analysis of %s: %s", alias, summary)
+    return summary
