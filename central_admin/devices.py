@@ -18,7 +18,7 @@ from central_admin.device_list import (
 from central_admin.device_page import device_context
 from central_admin.filters import OnlineFilter, OwnerFilter, ShardFilter
 from central_admin.forms import CommandForm
-from core.models import Device, DeviceAccess
+from core.models import AlertRule, Device, DeviceAccess
 
 
 class DeviceAccessInline(admin.TabularInline):
@@ -26,6 +26,13 @@ class DeviceAccessInline(admin.TabularInline):
     extra = 0
     autocomplete_fields = ("user",)
     verbose_name_plural = "users who may see this device"
+
+
+class AlertRuleInline(admin.TabularInline):
+    model = AlertRule
+    extra = 0
+    fields = ("metric", "kind", "threshold", "window_minutes", "severity", "enabled")
+    verbose_name_plural = "alert rules (checked on every new minute of readings)"
 
 
 @admin.register(Device)
@@ -51,7 +58,7 @@ class DeviceAdmin(admin.ModelAdmin):
     # Row links are plain change URLs (no ?_changelist_filters=...), as the browser tests expect.
     preserve_filters = False
     readonly_fields = ("created_at",)
-    inlines = (DeviceAccessInline,)
+    inlines = (DeviceAccessInline, AlertRuleInline)
     change_form_template = "central_admin/device_change_form.html"
 
     class Media:
