@@ -3,6 +3,9 @@
 import math
 from datetime import timedelta
 
+import pytest
+from django.utils import timezone
+
 from core.models import AlertRule
 from shards.analysis.buckets import MinuteBucket
 from shards.analysis.rules import evaluate_rules, z_score
@@ -130,3 +133,28 @@ def test_rules_follow_a_device_whose_rows_are_read_on_another_shard(shards):
     evaluate_rules("shard_1", [bucket(device, 0, 45)])
     assert alerts("shard_2", device) == [("max:temp", State.OPEN)]
     assert alerts("shard_1", device) == []
+
+
+def test_a_run_judges_the_minutes_its_rollup_step_recomputed(shards):
+    """End to end through the real import and the rollup step (once it is there)."""
+    pytest.importorskip("shards.analysis.rollups")
+    from shards.analysis.run import analyse_shard
+    from shards.ingest import import_upload_now, stage_upload
+
+    device = make_device(shard="shard_2").device.pk
+    rule(device, Kind.MAX, 30)
+    minute = timezone.now().replace(second=0, microsecond=0) - timedelta(minutes=3)
+
+    def report(batch: str, at: timedelta, value: float) -> None:
+        readings = [{"ts": minute + at, "metric": "temp", "value": value}]
+        staged = stage_upload(device, batch, readings)
+        import_upload_now(device, staged.upload.pk)
+
+    report("hot", timedelta(seconds=5), 45.0)
+    first = analyse_shard("shard_2")
+    assert "errors" not in first, first
+    assert first["rules"]["opened"] == 1
+    assert analyse_shard("shard_2")["rules"]["opened"] == 0  # nothing new to judge
+    report("cool", timedelta(minutes=1, seconds=5), 20.0)
+    assert analyse_shard("shard_2")["rules"]["cleared"] == 1
+    assert alerts("shard_2", device) == [("max:temp", State.CLEARED)]
