@@ -282,3 +282,47 @@ def test_the_analyse_command_runs_the_named_shard_and_prints_its_summary(shards)
 
     with pytest.raises(CommandError, match="not a serving shard: shard_9"):
         call_command("analyse", "--shard", "shard_9", stdout=StringIO())
+
+
+# -- configuration in the central admin ---------------------------------------------
+
+
+def test_alert_rules_and_device_analysis_settings_are_edited_on_the_device_admin(shards):
+    from django.test import Client
+
+    from core.models import AlertRule, User
+
+    staff = User.objects.create_user("ops", password="pw", is_staff=True, is_superuser=True)
+    client = Client()
+    client.force_login(staff)
+    device = make_device(shard="shard_1").device
+    url = f"/admin/core/device/{device.pk}/change/"
+    page = client.get(url).content.decode()
+    assert 'name="report_interval_s"' in page and 'name="raw_retention_days"' in page
+    assert 'name="alert_rules-TOTAL_FORMS"' in page
+
+    answer = client.post(
+        url,
+        {
+            "serial": device.serial,
+            "name": "",
+            "is_active": "on",
+            "report_interval_s": "120",
+            "raw_retention_days": "30",
+            "deviceaccess_set-TOTAL_FORMS": "0",
+            "deviceaccess_set-INITIAL_FORMS": "0",
+            "alert_rules-TOTAL_FORMS": "1",
+            "alert_rules-INITIAL_FORMS": "0",
+            "alert_rules-0-metric": "temp",
+            "alert_rules-0-kind": "zscore",
+            "alert_rules-0-threshold": "3",
+            "alert_rules-0-window_minutes": "30",
+            "alert_rules-0-severity": "critical",
+            "alert_rules-0-enabled": "on",
+        },
+    )
+    assert answer.status_code == 302, answer.content.decode()[:2000]
+    device.refresh_from_db()
+    assert (device.report_interval_s, device.raw_retention_days) == (120, 30)
+    (saved,) = AlertRule.objects.filter(device=device)
+    assert (saved.condition, saved.threshold, saved.window_minutes) == ("zscore:temp", 3, 30)
