@@ -63,7 +63,11 @@ def lock_fence(device_id: int, alias: str, *, deleting: bool = False) -> None:
 
 
 def lock_owned_devices(
-    alias: str, device_ids: list[int] | None = None, *, deleting: bool = False
+    alias: str,
+    device_ids: list[int] | None = None,
+    *,
+    deleting: bool = False,
+    exclusive: bool = False,
 ) -> list[int]:
     """Inside a transaction on `alias`: the devices this shard owns, their fences held FOR SHARE.
 
@@ -71,14 +75,18 @@ def lock_owned_devices(
     fence a mover holds is skipped, not waited for (SKIP LOCKED), and is done by a
     later run on whichever shard owns it then. `deleting` takes plain 'active'
     owners only, as lock_fence does. `device_ids` None means every owned device.
+    `exclusive` also keeps the devices' writers out until the transaction ends (a
+    device with a write in flight is skipped too), for work that must see a
+    device's rows hold still between two statements.
     """
     states = [DeviceFence.State.ACTIVE] if deleting else list(OWNING_STATES)
     only = "" if device_ids is None else "AND device_id = ANY(%s)"
     params: list = [states] if device_ids is None else [states, device_ids]
+    mode = "FOR NO KEY UPDATE" if exclusive else "FOR SHARE"
     with connections[alias].cursor() as cursor:
         cursor.execute(
             f"SELECT device_id FROM {DeviceFence._meta.db_table}"
-            f" WHERE state = ANY(%s) {only} ORDER BY device_id FOR SHARE SKIP LOCKED",
+            f" WHERE state = ANY(%s) {only} ORDER BY device_id {mode} SKIP LOCKED",
             params,
         )
         return [row[0] for row in cursor.fetchall()]

@@ -21,8 +21,9 @@ from kombu.exceptions import OperationalError as BrokerError
 from redis.exceptions import RedisError
 
 from routers.errors import UnknownDevice
+from shards.analysis.buckets import BUCKET_ORIGIN
 from shards.fence import write_for_device
-from shards.models import DeviceFence, DeviceStatus, LatestValue, Reading, Upload
+from shards.models import DeviceFence, DeviceStatus, LatestValue, Reading, RollupPending, Upload
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ UPLOAD_TABLE = Upload._meta.db_table
 READING_TABLE = Reading._meta.db_table
 LATEST_TABLE = LatestValue._meta.db_table
 STATUS_TABLE = DeviceStatus._meta.db_table
+PENDING_TABLE = RollupPending._meta.db_table
 
 # Most uploads one sweep queues again per shard: a long backlog is worked off in
 # later sweeps instead of flooding the broker with duplicates all at once.
@@ -46,6 +48,10 @@ PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 
 # same order (they wait instead of deadlocking), and the first of two readings with
 # the same (metric, ts) in a batch wins; latest picks that same reading.
 # latest: only a newer reading replaces the stored one; a late, older batch leaves it.
+# pending: the minutes the batch touches, for the rollup step. DO UPDATE (not DO
+# NOTHING) so this transaction holds each mark locked until it commits: the rollup
+# step skips locked marks, so it never recomputes a minute before these readings
+# are visible and then deletes the mark that stood for them.
 IMPORT_UPLOAD = f"""
     WITH batch AS MATERIALIZED (
         SELECT r.metric, r.ts, r.value, r.position
@@ -67,6 +73,13 @@ IMPORT_UPLOAD = f"""
         ON CONFLICT (device_id, metric) DO UPDATE
             SET ts = excluded.ts, value = excluded.value, updated_at = excluded.updated_at
             WHERE excluded.ts > {LATEST_TABLE}.ts
+    ), pending AS (
+        INSERT INTO {PENDING_TABLE} (device_id, metric, minute, marked_at)
+        SELECT DISTINCT %(device_id)s::bigint, metric,
+               date_bin('1 minute', ts, %(origin)s), now()
+        FROM batch
+        ORDER BY 2, 3
+        ON CONFLICT (device_id, metric, minute) DO UPDATE SET marked_at = excluded.marked_at
     ), status AS (
         INSERT INTO {STATUS_TABLE} (device_id, last_seen_at, last_upload_id, updated_at)
         VALUES (%(device_id)s, now(), %(upload_id)s, now())
@@ -200,6 +213,7 @@ def _import_on_shard(alias: str, device_id: int, upload_id: int) -> str:
                 "upload_id": upload_id,
                 "device_id": device_id,
                 "imported": Upload.Status.IMPORTED.value,
+                "origin": BUCKET_ORIGIN,
             }
             # Not waiting for the WAL flush is safe here: a crash that loses this commit
             # loses the 'imported' mark with it, and the sweeper imports the upload again.

@@ -216,3 +216,75 @@ class Alert(models.Model):
 
     def __str__(self) -> str:
         return f"alert {self.pk} {self.condition} ({self.state})"
+
+
+class RollupPending(models.Model):
+    """A minute of a device's metric whose rollups are stale: the import marks it, the rollup
+    step recomputes it and deletes the mark.
+
+    The import marks with ON CONFLICT DO UPDATE, so an import still open holds the row
+    locked and the rollup step (FOR UPDATE SKIP LOCKED) leaves the mark for its next run
+    instead of recomputing before those readings are visible. The oldest mark of a device
+    is its low watermark: every minute before it is rolled up.
+    """
+
+    pk = models.CompositePrimaryKey("device_id", "metric", "minute")
+    device_id = models.BigIntegerField()
+    metric = models.CharField(max_length=64)
+    minute = models.DateTimeField()
+    marked_at = models.DateTimeField()
+
+    objects = ShardManager()
+
+    def __str__(self) -> str:
+        return f"{self.device_id} {self.metric}@{self.minute:%Y-%m-%dT%H:%M} pending"
+
+
+class ReadingRollup(models.Model):
+    """Count, min, max and sum of one device's metric over one UTC minute, hour or day.
+
+    Minutes come from raw readings, hours from minutes, days from hours; the mean is
+    sum / count. Rollups outlive the raw readings that retention deletes.
+    """
+
+    class Granularity(models.TextChoices):
+        MINUTE = "minute", "minute"
+        HOUR = "hour", "hour"
+        DAY = "day", "day"
+
+    pk = models.CompositePrimaryKey("device_id", "metric", "granularity", "bucket")
+    device_id = models.BigIntegerField()
+    metric = models.CharField(max_length=64)
+    granularity = models.CharField(max_length=8, choices=Granularity.choices)
+    bucket = models.DateTimeField(help_text="Where the bucket starts (UTC).")
+    count = models.PositiveIntegerField()
+    min = models.FloatField()
+    max = models.FloatField()
+    sum = models.FloatField()
+    last_ts = models.DateTimeField(help_text="The newest reading in the bucket.")
+
+    objects = ShardManager()
+
+    def __str__(self) -> str:
+        return f"{self.device_id} {self.metric} {self.granularity}@{self.bucket:%Y-%m-%dT%H:%M}"
+
+    @property
+    def mean(self) -> float:
+        return self.sum / self.count
+
+
+class RawRetention(models.Model):
+    """Where a device's raw readings start since retention deleted older ones.
+
+    Always the start of a UTC day. A reading that arrives for a time before it finds
+    its minute already rolled up from readings now gone: the rollup step adds it to
+    that minute and deletes it, instead of recomputing the minute from raw.
+    """
+
+    device_id = models.BigIntegerField(primary_key=True)
+    raw_since = models.DateTimeField()
+
+    objects = ShardManager()
+
+    def __str__(self) -> str:
+        return f"device {self.device_id}: raw readings since {self.raw_since:%Y-%m-%d}"

@@ -1,7 +1,12 @@
-"""What the rollup step hands the alert rules: the minute buckets it has just recomputed."""
+"""Time buckets: where they start, and the minute buckets the rollup step hands the rules."""
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+
+# Every bucket (rollups, pending marks, chart buckets) is date_bin()ned on this origin,
+# so minutes, hours and days are UTC ones whatever the session's time zone, and a
+# chart bucket is a whole number of rollup buckets.
+BUCKET_ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
