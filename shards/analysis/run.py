@@ -9,7 +9,6 @@ last-seen time travel with it. A step that fails is logged and does not stop
 the others.
 """
 
-import importlib.util
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from shards.analysis.buckets import MinuteBucket
 from shards.analysis.expiry import expire_commands
 from shards.analysis.offline import detect_offline
 from shards.analysis.retention import delete_imported_uploads, delete_old_readings
+from shards.analysis.rollups import RollupResult, roll_up_shard
 from shards.analysis.rules import evaluate_rules
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,6 @@ logger = logging.getLogger(__name__)
 # pg_try_advisory_lock(namespace, 0) on the shard: apart from the move (7401) and
 # rebalance (7402) namespaces, which live on the directory.
 ANALYSIS_LOCK_NAMESPACE = 7411
-ROLLUPS_MODULE = "shards.analysis.rollups"
 
 
 @contextmanager
@@ -46,15 +45,6 @@ def shard_run_lock(alias: str) -> Iterator[bool]:
         if acquired:
             with connections[alias].cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_unlock(%s, 0)", [ANALYSIS_LOCK_NAMESPACE])
-
-
-def roll_up(alias: str) -> list[MinuteBucket] | None:
-    """Run the rollup step; the minute buckets it recomputed (None: no rollup module yet)."""
-    if importlib.util.find_spec(ROLLUPS_MODULE) is None:
-        return None
-    from shards.analysis.rollups import roll_up_shard
-
-    return list(roll_up_shard(alias).changed)
 
 
 def analyse_shard(alias: str) -> dict[str, Any]:
@@ -76,9 +66,10 @@ def analyse_shard(alias: str) -> dict[str, Any]:
                 errors[name] = f"{type(exc).__name__}: {exc}"
                 return None
 
-        changed = step("rollups", lambda: roll_up(alias))
-        summary["rollups"] = {"changed": None if changed is None else len(changed)}
-        summary["rules"] = step("rules", lambda: evaluate_rules(alias, changed or []))
+        rollups: RollupResult | None = step("rollups", lambda: roll_up_shard(alias))
+        changed: list[MinuteBucket] = rollups.changed if rollups else []
+        summary["rollups"] = rollups.as_dict() if rollups else None
+        summary["rules"] = step("rules", lambda: evaluate_rules(alias, changed))
         summary["offline"] = step("offline", lambda: detect_offline(alias))
         summary["expiry"] = {"expired": step("expiry", lambda: expire_commands(alias))}
         summary["retention"] = {
