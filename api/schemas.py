@@ -182,6 +182,23 @@ class ReadingsOut(Schema):
     truncated: bool
 
 
+class BucketOut(Schema):
+    start: datetime
+    min: float
+    max: float
+    mean: float
+    count: int
+
+
+class SeriesOut(Schema):
+    device_id: int
+    start: datetime
+    end: datetime
+    bucket_seconds: int
+    metrics: dict[str, list[BucketOut]]
+    latest_ts: datetime | None
+
+
 class ErrorOut(Schema):
     detail: str
     errors: list[dict[str, str]] | None = None

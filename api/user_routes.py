@@ -3,7 +3,7 @@
 Staff see every device. Another user's device, or a command of one, is a 404.
 """
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from django.http import HttpRequest
 from ninja import Query, Router, Schema, Status
@@ -20,16 +20,20 @@ from api.schemas import (
     ErrorOut,
     MetricName,
     ReadingsOut,
+    SeriesOut,
 )
 from core.models import Placement
 from routers.fanout import fan_out
 from shards.commands import cancel_command, create_command
 from shards.models import Command, Reading
 from shards.overview import device_overviews
+from shards.series import device_series
 
 router = Router(tags=["web users"], auth=django_auth)
 ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 503: ErrorOut}
 MAX_READINGS = 10_000
+SERIES_DEFAULT_SPAN = timedelta(hours=24)
+SERIES_MAX_SPAN = timedelta(days=366)
 
 
 class Page(Schema):
@@ -37,11 +41,9 @@ class Page(Schema):
     offset: int = Field(default=0, ge=0, le=1_000_000)
 
 
-class ReadingRange(Schema):
-    metric: MetricName | None = None
+class TimeSpan(Schema):
     start: datetime | None = None
     end: datetime | None = None
-    limit: int = Field(default=1000, ge=1, le=MAX_READINGS)
 
     @field_validator("start", "end")
     @classmethod
@@ -60,6 +62,25 @@ class ReadingRange(Schema):
         if self.start and self.end and self.start >= self.end:
             raise ValueError("start must be before end")
         return self
+
+
+class ReadingRange(TimeSpan):
+    metric: MetricName | None = None
+    limit: int = Field(default=1000, ge=1, le=MAX_READINGS)
+
+
+class SeriesRange(TimeSpan):
+    metric: MetricName | None = None
+
+    def bounds(self) -> tuple[datetime, datetime]:
+        """[start, end): the last 24 hours unless given; at most SERIES_MAX_SPAN long."""
+        end = self.end or datetime.now(UTC)
+        start = self.start or end - SERIES_DEFAULT_SPAN
+        if start >= end:
+            raise HttpError(400, "start must be before end")
+        if end - start > SERIES_MAX_SPAN:
+            raise HttpError(400, f"a series spans at most {SERIES_MAX_SPAN.days} days")
+        return start, end
 
 
 @router.get("/devices", response={200: DevicesOut, **ERRORS})
@@ -105,6 +126,25 @@ def device_readings(request: HttpRequest, device_id: int, span: Query[ReadingRan
         "device_id": device.pk,
         "readings": rows[: span.limit],
         "truncated": len(rows) > span.limit,
+    }
+
+
+@router.get("/devices/{device_id}/series", response={200: SeriesOut, **ERRORS})
+def device_series_view(request: HttpRequest, device_id: int, span: Query[SeriesRange]):
+    """Min/max/mean/count per metric in 200-400 time buckets; long ranges come from rollups."""
+    device = device_for_user(request.user, device_id)
+    start, end = span.bounds()
+    series = device_series(device, start, end)
+    metrics = series.metrics
+    if span.metric:
+        metrics = {span.metric: metrics.get(span.metric, [])}
+    return {
+        "device_id": device.pk,
+        "start": start,
+        "end": end,
+        "bucket_seconds": int(series.width.total_seconds()),
+        "metrics": {name: [vars(b) for b in buckets] for name, buckets in metrics.items()},
+        "latest_ts": series.latest_ts,
     }
 
 
