@@ -15,3 +15,22 @@ def make_device(**kwargs) -> NewDevice:
 
 def reading_times(n: int, start: datetime = T0) -> list[datetime]:
     return [start + timedelta(seconds=i) for i in range(n)]
+
+
+def mark_for_rollup(device_id: int) -> None:
+    """Mark every minute the device has readings in, as the import does for what it stores.
+
+    For tests that write readings directly and then read what depends on rollups.
+    """
+    from django.db import connections
+
+    from routers.placement import shard_for_device
+    from shards.analysis.buckets import BUCKET_ORIGIN
+
+    with connections[shard_for_device(device_id)].cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO shards_rolluppending (device_id, metric, minute, marked_at)"
+            " SELECT DISTINCT device_id, metric, date_bin('1 minute', ts, %s), now()"
+            " FROM shards_reading WHERE device_id = %s ON CONFLICT DO NOTHING",
+            [BUCKET_ORIGIN, device_id],
+        )

@@ -17,10 +17,12 @@ from django.db import connections
 
 from core import local_cluster
 from core.models import Device
+from routers.placement import shard_for_device
 from shards.alerts import acknowledge_alert, clear_alert, raise_alert
+from shards.analysis.rollups import roll_up_shard
 from shards.commands import cancel_command, create_command, deliver_pending, report_result
 from shards.ingest import import_upload_now, payload_of
-from shards.models import DeviceFence, Upload
+from shards.models import DeviceFence, RawRetention, RollupPending, Upload
 from shards.moves.tables import device_tables
 from tests.factories import T0
 from tests.process_env import child_process_env
@@ -62,12 +64,21 @@ class PopulatedDevice:
 
 
 def populate_device(device: Device, *, uploads: int = 3, per_upload: int = 20) -> PopulatedDevice:
-    """Uploads (imported and one staged), readings, latest values, status, commands, alerts."""
+    """Uploads (imported and one staged), readings, latest values, status, commands, alerts,
+    rollups, a pending rollup mark and a retention watermark."""
     imported = []
     for n in range(uploads):
         upload = store_staged(device.pk, f"b-{n}", readings_for(n * per_upload, per_upload))
         assert import_upload_now(device.pk, upload.pk) == Upload.Status.IMPORTED
         imported.append(upload)
+    alias = shard_for_device(device.pk)
+    assert roll_up_shard(alias).changed  # minute, hour and day rollups
+    RollupPending.objects.on_shard(alias).create(
+        device_id=device.pk, metric=METRICS[0], minute=T0, marked_at=T0
+    )
+    RawRetention.objects.on_shard(alias).create(
+        device_id=device.pk, raw_since=T0 - timedelta(days=30)
+    )
     staged_readings = readings_for(uploads * per_upload, 10, base=1000.0)
     staged = store_staged(device.pk, "b-staged", staged_readings)
 

@@ -3,12 +3,13 @@
 import math
 from datetime import timedelta
 
-import pytest
 from django.utils import timezone
 
 from core.models import AlertRule
 from shards.analysis.buckets import MinuteBucket
 from shards.analysis.rules import evaluate_rules, z_score
+from shards.analysis.run import analyse_shard
+from shards.ingest import import_upload_now, stage_upload
 from shards.models import Alert, LatestValue, Reading
 from tests.factories import T0, make_device
 
@@ -136,11 +137,7 @@ def test_rules_follow_a_device_whose_rows_are_read_on_another_shard(shards):
 
 
 def test_a_run_judges_the_minutes_its_rollup_step_recomputed(shards):
-    """End to end through the real import and the rollup step (once it is there)."""
-    pytest.importorskip("shards.analysis.rollups")
-    from shards.analysis.run import analyse_shard
-    from shards.ingest import import_upload_now, stage_upload
-
+    """End to end through the real import and the rollup step."""
     device = make_device(shard="shard_2").device.pk
     rule(device, Kind.MAX, 30)
     minute = timezone.now().replace(second=0, microsecond=0) - timedelta(minutes=3)

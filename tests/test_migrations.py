@@ -28,6 +28,9 @@ def test_shards_have_shard_tables_only(shards, alias):
         "shards_command",
         "shards_devicestatus",
         "shards_alert",
+        "shards_rolluppending",
+        "shards_readingrollup",
+        "shards_rawretention",
     }
     assert names == expected | {"django_migrations"}
 

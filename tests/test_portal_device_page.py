@@ -10,6 +10,7 @@ from django.db import connections
 from django.http import StreamingHttpResponse
 
 from shards.alerts import raise_alert
+from shards.analysis.rollups import roll_up_shard
 from shards.models import Alert, Command, DeviceFence, Reading
 from shards.series import MAX_POINTS, bucket_width, device_series
 from tests import test_portal_support as support
@@ -67,17 +68,20 @@ def test_the_series_equals_a_direct_sql_aggregate(world):
     device = world["a1"].device
     add_readings(device.pk, T0, 6 * 3600, step=timedelta(seconds=3))  # 18 h of readings
     start, end = T0 + timedelta(hours=2, seconds=7), T0 + timedelta(hours=14)
-    series = device_series(device, start, end)
-    assert 200 <= len(series.metrics["temp"]) <= MAX_POINTS
-    ours = [
-        (metric, b.start, b.min, b.max, pytest.approx(b.mean), b.count)
-        for metric, buckets in sorted(series.metrics.items())
-        for b in buckets
-    ]
-    assert ours == direct_aggregate(device.pk, start, end, series.width)
-    assert series.latest_ts == max(
-        Reading.objects.for_device(device).filter(ts__lt=end).values_list("ts", flat=True)
-    )
+    newest = max(Reading.objects.for_device(device).filter(ts__lt=end).values_list("ts", flat=True))
+    # From raw readings (nothing rolled up yet), then from rollups with ragged raw edges.
+    for rolled_up in (False, True):
+        if rolled_up:
+            assert roll_up_shard("shard_1").changed
+        series = device_series(device, start, end)
+        assert 200 <= len(series.metrics["temp"]) <= MAX_POINTS
+        ours = [
+            (metric, b.start, b.min, b.max, pytest.approx(b.mean), b.count)
+            for metric, buckets in sorted(series.metrics.items())
+            for b in buckets
+        ]
+        assert ours == direct_aggregate(device.pk, start, end, series.width)
+        assert series.latest_ts == newest
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from core.models import User
 from shards.models import DeviceStatus, LatestValue, Reading
-from tests.factories import make_device
+from tests.factories import make_device, mark_for_rollup
 from tests.querylog import QueryLog
 
 
@@ -44,13 +44,14 @@ def world(shards):
 
 
 def add_readings(device_id: int, start, count: int, step=timedelta(seconds=1)) -> None:
-    """`count` readings of temp (i) and humidity (100 - i), and the latest values."""
+    """`count` readings of temp (i) and humidity (100 - i), the latest values, rollup marks."""
     rows = []
     for i in range(count):
         ts = start + step * i
         rows.append(Reading(device_id=device_id, metric="temp", ts=ts, value=float(i)))
         rows.append(Reading(device_id=device_id, metric="humidity", ts=ts, value=100.0 - i))
     Reading.objects.for_device(device_id).bulk_create(rows, batch_size=5000, ignore_conflicts=True)
+    mark_for_rollup(device_id)
     last = start + step * (count - 1)
     for metric, value in (("temp", count - 1.0), ("humidity", 101.0 - count)):
         LatestValue.objects.for_device(device_id).update_or_create(

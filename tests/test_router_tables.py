@@ -23,6 +23,9 @@ def test_model_families_are_what_we_think():
         "Command",
         "DeviceStatus",
         "Alert",
+        "RollupPending",
+        "ReadingRollup",
+        "RawRetention",
     }
     assert {User, Device, Shard} <= DIRECTORY_MODELS
 
