@@ -37,9 +37,23 @@ add-shard:
 test: up lint
 	$(PYTEST) $(PYTEST_ARGS)
 
-# Ingest against raw COPY on shard_1; moving devices against raw COPY between two
-# shards and the writer stall under load (docs/benchmarks.md).
+# The benchmark suite (bench/suite.py: uploads through HAProxy, end-to-end ingest, HAProxy
+# and router overhead, directory queries, moves under load, the import against raw COPY,
+# memory), written to bench/results/<timestamp>.json and .md; then the rollup benchmark
+# (docs/benchmarks.md). BENCH_ARGS=--quick for a short trial run.
+BENCH_ARGS ?=
 .PHONY: bench
 bench: up
-	$(PYTHON) bench/ingest_bench.py --readings 200000
-	$(PYTHON) bench/move_bench.py --readings 200000
+	$(PYTHON) bench/suite.py $(BENCH_ARGS)
+	@if test -f bench/rollup_bench.py; then $(PYTHON) bench/rollup_bench.py --readings 200000; fi
+
+# One Locust scenario against the local cluster through HAProxy, verified afterwards
+# (loadtest/README.md). SCENARIO=swarm|web|mix; reports under var/loadtest/.
+SCENARIO ?= swarm
+USERS ?= 20
+RUN_TIME ?= 60s
+INTERVAL ?= 1
+.PHONY: loadtest
+loadtest: up
+	$(PYTHON) loadtest/run.py --scenario $(SCENARIO) --users $(USERS) --run-time $(RUN_TIME) \
+		--interval $(INTERVAL)

@@ -95,8 +95,8 @@ def run_locust(
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *SCENARIOS[scenario],
         "--headless", "--users", str(users), "--spawn-rate", str(spawn_rate or users),
         "--run-time", run_time, "--stop-timeout", "30", "--only-summary",
-        "--csv", str(out_dir / "locust"), "--html", str(out_dir / "report.html"),
-        "--exit-code-on-error", "0",
+        "--csv", str(out_dir / "locust"), "--csv-full-history",
+        "--html", str(out_dir / "report.html"), "--exit-code-on-error", "0",
     ]  # fmt: skip
     started = time.monotonic()
     with (out_dir / "locust.log").open("w") as log:

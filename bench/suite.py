@@ -1,0 +1,568 @@
+"""The benchmark suite behind `make bench`: every figure beside its baseline, in one run.
+
+Run: .venv/bin/python bench/suite.py            (the local cluster must be up; `make bench`
+     starts it)   --quick for a short trial run; --help for the knobs.
+
+Against the running local cluster (var/cluster.json), in this order:
+
+1. uploads through HAProxy at a fixed concurrency (devices sending back to back) for
+   batches of 1, 100 and 1000 readings: uploads/s in the steady window, p50/p95/p99;
+2. end-to-end ingest of the 1000-reading run: readings from the first upload received
+   to the last one imported, per second, against a raw COPY of as many readings into
+   the same shards (split as the devices were, one COPY per shard in parallel);
+3. batches of 100 straight to one uWSGI node and to both nodes (each device bound to
+   one) against through HAProxy, at the same concurrency and at concurrency 1;
+4. an ORM read through the router against the same read with `.using()`;
+5. directory queries per steady-state device upload (bench/django_figures.py);
+6. moves under load against raw COPY, and the writer stall (bench/move_bench.py),
+   and the in-process import against raw COPY (bench/ingest_bench.py);
+7. memory (RSS, PSS) per uWSGI worker after the load, and the CPU the load
+   generator (Locust, a child process) used in each run, beside the whole machine's.
+
+Every load run is verified afterwards (loadtest/verify.py: acknowledged == stored per
+device, none doubled), and its devices are deleted at the end. Writes
+bench/results/<timestamp>.json and .md and prints the markdown. Targets are shown,
+never tuned for: the exit status is 0 when the suite ran and every run verified.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from contextlib import closing
+from datetime import UTC, datetime, timedelta
+from io import StringIO
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "loadtest"))
+
+# The load test's own runner and verifier (outside clients; no project code).
+from run import RunResult, run_locust, verify_run  # noqa: E402
+from verify import connect  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+PYTHON = sys.executable
+TARGETS = {
+    "uploads_per_s_batch_100": 500,
+    "p99_ms_batch_100": 200,
+    "ingest_of_copy": 0.30,
+    "haproxy_overhead": 0.10,
+    "router_overhead": 0.05,
+}
+
+
+class CpuMeter:
+    """Busy CPU seconds of the whole machine (all cores) between start and stop."""
+
+    @staticmethod
+    def _busy() -> float:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        idle = fields[3] + fields[4]
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self) -> "CpuMeter":
+        self.started, self.busy0 = time.monotonic(), self._busy()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.monotonic() - self.started
+        self.busy = self._busy() - self.busy0
+
+
+def steady_rps(out_dir: Path, name: str, warmup: float = 3.0) -> float:
+    """Requests/s of `name` after the warm-up (enrolment) until the end, from the history."""
+    import csv
+
+    points = []
+    with (out_dir / "locust_stats_history.csv").open() as handle:
+        for row in csv.DictReader(handle):
+            if row["Name"] == name:
+                points.append((int(row["Timestamp"]), int(row["Total Request Count"])))
+    points = [p for p in points if p[1] > 0]
+    if len(points) < 2:
+        return 0.0
+    start = next((p for p in points if p[0] >= points[0][0] + warmup), points[0])
+    end = points[-1]
+    return (end[1] - start[1]) / (end[0] - start[0]) if end[0] > start[0] else 0.0
+
+
+class Suite:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.cluster_json: Path = args.cluster_json
+        self.info = json.loads(self.cluster_json.read_text())
+        self.stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        self.prefix = f"bench-{self.stamp}-"
+        self.out = ROOT / "var" / "loadtest" / f"bench-{self.stamp}"
+        self.runs: dict[str, dict] = {}
+        self.verified_ok = True
+
+    def log(self, message: str) -> None:
+        print(f"[{datetime.now(UTC):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+    # Load runs -------------------------------------------------------------------
+
+    def load(self, key: str, batch: int, users: int, targets: list[str] | None = None) -> dict:
+        """One swarm run flat out, verified; its figures kept under `key`."""
+        env = {"LOADTEST_BATCH": str(batch), "LOADTEST_INTERVAL": "0"}
+        if targets:
+            env["LOADTEST_TARGETS"] = ",".join(targets)
+        out_dir = self.out / key
+        self.log(f"load {key}: {users} devices, {batch} readings a batch, {self.args.duration}s")
+        with CpuMeter() as cpu:
+            result = run_locust(
+                "swarm", users, f"{self.args.duration}s", out_dir,
+                env={**env, "LOADTEST_RUN": f"{self.prefix}{key}"},
+                cluster_json=self.cluster_json,
+            )  # fmt: skip
+        summary = verify_run(result, self.cluster_json, wait=300)
+        self.verified_ok &= summary["ok"] and result.failures == 0
+        upload = result.row("upload")
+        figures = {
+            "batch": batch,
+            "concurrency": users,
+            "targets": targets or [self.info["url"].rstrip("/")],
+            "seconds": round(result.seconds, 1),
+            "uploads": upload["requests"],
+            "failed_requests": result.failures,
+            "uploads_per_s": steady_rps(out_dir, next(n for n in result.rows if "upload" in n)),
+            "readings_per_s": 0.0,
+            "p50_ms": upload["p50_ms"],
+            "p95_ms": upload["p95_ms"],
+            "p99_ms": upload["p99_ms"],
+            "max_ms": upload["max_ms"],
+            "locust_cpu_s": round(result.cpu_seconds, 2),
+            "locust_cpu_share_of_one_core": round(result.cpu_share, 3),
+            "machine_cpu_busy_of_all_cores": round(cpu.busy / cpu.seconds / os.cpu_count(), 3),
+            "verified": {k: summary[k] for k in ("ok", "devices", "acknowledged", "stored")},
+            "reports": str(out_dir.relative_to(ROOT)),
+        }
+        figures["readings_per_s"] = figures["uploads_per_s"] * batch
+        if summary["failed"]:
+            figures["verify_failures"] = summary["failed"][:10]
+        self.runs[key] = figures
+        self.runs[key]["_result"] = result
+        self.log(
+            f"  {figures['uploads_per_s']:.0f} uploads/s, p50 {figures['p50_ms']:.0f} ms,"
+            f" p99 {figures['p99_ms']:.0f} ms; verified: {summary['ok']}"
+        )
+        return figures
+
+    # 2. end to end against raw COPY ------------------------------------------------
+
+    def ingest_figures(self, key: str) -> dict:
+        """Acknowledged -> imported for a run's devices, and raw COPY of as many readings."""
+        result: RunResult = self.runs[key]["_result"]
+        device_ids = [int(d) for d in json.loads(
+            next(Path(result.out_dir).glob("ledger-*.json")).read_text()
+        )["devices"]]  # fmt: skip
+        per_shard: dict[str, int] = {}
+        firsts, lasts, lags = [], [], []
+        for alias, shard in self.info["shards"].items():
+            with connect(shard) as conn, closing(conn.cursor()) as cursor:
+                cursor.execute(
+                    "SELECT coalesce(sum(reading_count), 0), min(received_at), max(imported_at),"
+                    " percentile_cont(0.99) WITHIN GROUP (ORDER BY"
+                    "   extract(epoch FROM imported_at - received_at))"
+                    " FROM shards_upload WHERE device_id = ANY(%s) AND status = 'imported'",
+                    [device_ids],
+                )
+                readings, first, last, lag = cursor.fetchone()
+            if readings:
+                per_shard[alias] = int(readings)
+                firsts.append(first)
+                lasts.append(last)
+                lags.append(lag or 0.0)
+        total = sum(per_shard.values())
+        span = (max(lasts) - min(firsts)).total_seconds()
+        copy_seconds = self.raw_copy(per_shard)
+        e2e = total / span
+        copy = total / copy_seconds
+        return {
+            "run": key,
+            "readings": total,
+            "readings_by_shard": per_shard,
+            "e2e_seconds": round(span, 2),
+            "e2e_readings_per_s": e2e,
+            "import_lag_p99_s_worst_shard": max(lags),
+            "raw_copy_seconds": round(copy_seconds, 3),
+            "raw_copy_readings_per_s": copy,
+            "ratio": e2e / copy,
+        }
+
+    def raw_copy(self, per_shard: dict[str, int]) -> float:
+        """COPY the same number of readings into each shard, all shards at once; wall time."""
+        fake_device = -int(time.time())  # no device has a negative id; deleted afterwards
+        buffers = {
+            alias: "".join(
+                f"{fake_device}\tm{i % 4}\t"
+                f"{(datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=i)).isoformat()}\t{i}\n"
+                for i in range(count)
+            )
+            for alias, count in per_shard.items()
+        }
+        conns = {alias: connect(self.info["shards"][alias]) for alias in per_shard}
+        opened = {alias: cm.__enter__() for alias, cm in conns.items()}
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(len(opened) + 1)
+
+        def copy(alias: str) -> None:
+            try:
+                conn = opened[alias]
+                conn.autocommit = False
+                with conn.cursor() as cursor:
+                    barrier.wait()
+                    cursor.copy_expert(
+                        "COPY shards_reading (device_id, metric, ts, value) FROM STDIN",
+                        StringIO(buffers[alias]),
+                    )
+                conn.commit()
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=copy, args=(alias,)) for alias in opened]
+        try:
+            for thread in threads:
+                thread.start()
+            barrier.wait()
+            started = time.perf_counter()
+            for thread in threads:
+                thread.join()
+            seconds = time.perf_counter() - started
+        finally:
+            for conn in opened.values():
+                conn.autocommit = True
+                with conn.cursor() as cursor:
+                    cursor.execute("DELETE FROM shards_reading WHERE device_id = %s", [fake_device])
+            for cm in conns.values():
+                cm.__exit__(None, None, None)
+        if errors:
+            raise errors[0]
+        return seconds
+
+    # 3. direct against HAProxy -----------------------------------------------------
+
+    def haproxy_figures(self) -> dict:
+        nodes = [url.rstrip("/") for url in self.info["app_nodes"]]
+        through = self.runs["uploads_100"]
+        one = self.load("direct_one_node_100", 100, self.args.concurrency, nodes[:1])
+        both = self.load("direct_both_nodes_100", 100, self.args.concurrency, nodes)
+        serial_proxy = self.load("haproxy_serial_100", 100, 1)
+        serial_direct = self.load("direct_serial_100", 100, 1, nodes[:1])
+        return {
+            "concurrency": self.args.concurrency,
+            "haproxy_uploads_per_s": through["uploads_per_s"],
+            "one_node_uploads_per_s": one["uploads_per_s"],
+            "both_nodes_uploads_per_s": both["uploads_per_s"],
+            "haproxy_of_one_node": through["uploads_per_s"] / one["uploads_per_s"],
+            "haproxy_of_both_nodes": through["uploads_per_s"] / both["uploads_per_s"],
+            "serial_haproxy_p50_ms": serial_proxy["p50_ms"],
+            "serial_direct_p50_ms": serial_direct["p50_ms"],
+            "serial_latency_ratio": serial_proxy["p50_ms"] / serial_direct["p50_ms"],
+            "serial_haproxy_uploads_per_s": serial_proxy["uploads_per_s"],
+            "serial_direct_uploads_per_s": serial_direct["uploads_per_s"],
+        }
+
+    # In-process figures and the existing benches ------------------------------------
+
+    def django_figure(self, *args: str) -> dict:
+        proc = subprocess.run(
+            [PYTHON, str(ROOT / "bench" / "django_figures.py"), *args],
+            capture_output=True, text=True, check=True, cwd=ROOT,
+        )  # fmt: skip
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    def script(self, name: str, *args: str) -> tuple[int, str]:
+        self.log(f"bench/{name} {' '.join(args)}")
+        proc = subprocess.run(
+            [PYTHON, str(ROOT / "bench" / name), *args],
+            capture_output=True, text=True, check=False, cwd=ROOT,
+        )  # fmt: skip
+        if proc.returncode not in (0, 1):
+            raise RuntimeError(f"bench/{name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        return proc.returncode, proc.stdout
+
+    def move_figures(self) -> dict:
+        code, text = self.script(
+            "move_bench.py", "--readings", str(self.args.move_readings),
+            "--rounds", str(self.args.rounds),
+        )  # fmt: skip
+        raw = re.search(
+            r"\| raw COPY between the two servers \| [\d,]+ \| [\d.]+ \| ([\d,]+)", text
+        )
+        move = re.search(r"\| move_device \(copy.*?\| [\d,]+ \| [\d.]+ \| ([\d,]+) \| (\d+)%", text)
+        stall = re.search(r"writer stall p99 (\d+) ms", text)
+        failed = re.search(r"(\d+) failed uploads", text)
+        return {
+            "raw_copy_rows_per_s": float(raw.group(1).replace(",", "")) if raw else None,
+            "move_rows_per_s": float(move.group(1).replace(",", "")) if move else None,
+            "ratio": int(move.group(2)) / 100 if move else None,
+            "writer_stall_p99_ms": float(stall.group(1)) if stall else None,
+            "failed_uploads": int(failed.group(1)) if failed else None,
+            "meets_its_targets": code == 0,
+            "report": text,
+        }
+
+    def import_figures(self) -> dict:
+        _, text = self.script(
+            "ingest_bench.py", "--readings", str(self.args.ingest_readings),
+            "--rounds", str(self.args.rounds),
+        )  # fmt: skip
+        found = re.search(r"import_upload_now runs at (\d+)% .*?together at (\d+)%", text, re.S)
+        return {
+            "import_of_copy": int(found.group(1)) / 100 if found else None,
+            "stage_and_import_of_copy": int(found.group(2)) / 100 if found else None,
+            "report": text,
+        }
+
+    def memory_figures(self) -> dict:
+        """RSS and PSS of each uWSGI worker of the cluster's app nodes (masters apart)."""
+        run_dir = str(self.cluster_json.parent / "run")
+        procs = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                if "uwsgi" not in cmdline or f"{run_dir}/app-" not in cmdline:
+                    continue
+                status = dict(
+                    line.split(":", 1) for line in (entry / "status").read_text().splitlines()
+                )
+                rollup = (entry / "smaps_rollup").read_text()
+            except (OSError, ValueError):
+                continue
+            pss = re.search(r"^Pss:\s+(\d+) kB", rollup, re.M)
+            procs[int(entry.name)] = {
+                "node": re.search(r"app-(\d+)\.ini", cmdline).group(1),
+                "ppid": int(status["PPid"].strip()),
+                "rss_mib": int(status["VmRSS"].split()[0]) / 1024,
+                "pss_mib": int(pss.group(1)) / 1024 if pss else None,
+            }
+        workers = [p for p in procs.values() if p["ppid"] in procs]
+        return {
+            "workers": len(workers),
+            "rss_mib_median": statistics.median(w["rss_mib"] for w in workers) if workers else None,
+            "pss_mib_median": statistics.median(w["pss_mib"] or 0 for w in workers)
+            if workers
+            else None,
+            "per_worker": workers,
+        }
+
+    # The whole suite ---------------------------------------------------------------
+
+    def step(self, name: str, results: dict, fn: Callable[[], dict]) -> None:
+        """Run one part; a part that breaks is recorded, and the others still run."""
+        try:
+            results[name] = fn()
+        except Exception as exc:  # the report says what broke
+            self.log(f"{name} FAILED: {exc!r}")
+            results[name] = {"error": repr(exc)}
+            self.verified_ok = False
+
+    def run(self) -> dict:
+        results: dict = {"started": self.stamp, "machine": machine(), "config": vars(self.args)}
+        results["config"] = {k: str(v) for k, v in results["config"].items()}
+        c = self.args.concurrency
+        for batch in (1, 100):
+            self.step(
+                f"uploads_{batch}", self.runs, lambda b=batch: self.load(f"uploads_{b}", b, c)
+            )
+        self.step("haproxy", results, self.haproxy_figures)
+        self.step("uploads_1000", self.runs, lambda: self.load("uploads_1000", 1000, c))
+        self.step("ingest", results, lambda: self.ingest_figures("uploads_1000"))
+        self.step("memory", results, self.memory_figures)
+        self.log("router and directory queries (in-process)")
+        self.step("router", results, lambda: self.django_figure("router"))
+        self.step("directory_queries", results, lambda: self.django_figure("directory-queries"))
+        if not self.args.skip_scripts:
+            self.step("moves", results, self.move_figures)
+            self.step("import", results, self.import_figures)
+        self.step("cleanup", results, lambda: self.django_figure("cleanup", self.prefix))
+        for figures in self.runs.values():
+            figures.pop("_result", None)
+        results["runs"] = self.runs
+        results["all_runs_verified"] = self.verified_ok
+        return results
+
+
+def machine() -> dict:
+    mem_kb = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal:")
+    )
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "",
+    )
+    postgres = subprocess.run(
+        ["pg_config", "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "kernel": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "postgres": postgres,
+    }
+
+
+def pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
+
+
+def num(value: float | None, digits: int = 0) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def markdown(results: dict) -> str:
+    """The summary table docs/benchmarks.md shows; each figure with its baseline."""
+    runs, m = results["runs"], results["machine"]
+    lines = [
+        f"Run {results['started']} UTC on {m['cpus']} CPUs ({m['cpu_model']}),"
+        f" {m['memory_gib']} GiB, {m['kernel']}, Python {m['python']}, {m['postgres']};"
+        f" {results['config']['duration']} s per load run, concurrency"
+        f" {results['config']['concurrency']}.",
+        "",
+        "| # | figure | measured | baseline (same run) | ratio | target |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for batch in (1, 100, 1000):
+        run = runs.get(f"uploads_{batch}")
+        if not run or "uploads_per_s" not in run:
+            lines.append(f"| 1 | uploads of {batch} via HAProxy | failed | | | |")
+            continue
+        target = "≥500/s, p99 <200 ms" if batch == 100 else ""
+        lines.append(
+            f"| 1 | uploads of {batch} reading{'s' * (batch > 1)} via HAProxy,"
+            f" {run['concurrency']} devices | {run['uploads_per_s']:,.0f}/s"
+            f" ({run['readings_per_s']:,.0f} readings/s); p50/p95/p99"
+            f" {run['p50_ms']:.0f}/{run['p95_ms']:.0f}/{run['p99_ms']:.0f} ms | | | {target} |"
+        )
+    ingest = results.get("ingest", {})
+    if "ratio" in ingest:
+        lines.append(
+            f"| 2 | end-to-end ingest (first received to last imported),"
+            f" {ingest['readings']:,} readings | {ingest['e2e_readings_per_s']:,.0f} readings/s"
+            f" | raw COPY into the same shards: {ingest['raw_copy_readings_per_s']:,.0f}/s"
+            f" | {pct(ingest['ratio'])} | ≥30% |"
+        )
+    imp = results.get("import", {})
+    if imp.get("import_of_copy") is not None:
+        lines.append(
+            "| 2 | in-process import_upload_now (bench/ingest_bench.py) | | raw COPY |"
+            f" {pct(imp['import_of_copy'])} (stage + import {pct(imp['stage_and_import_of_copy'])})"
+            " | ≥30% |"
+        )
+    hap = results.get("haproxy", {})
+    if "haproxy_of_one_node" in hap:
+        lines.append(
+            f"| 3 | batches of 100 via HAProxy (2 nodes) | {hap['haproxy_uploads_per_s']:,.0f}/s"
+            f" | straight to one node: {hap['one_node_uploads_per_s']:,.0f}/s"
+            f" | {pct(hap['haproxy_of_one_node'])} | |"
+        )
+        lines.append(
+            f"| 3 | batches of 100 via HAProxy (2 nodes) | {hap['haproxy_uploads_per_s']:,.0f}/s"
+            f" | straight to both nodes: {hap['both_nodes_uploads_per_s']:,.0f}/s"
+            f" | {pct(hap['haproxy_of_both_nodes'])} | HAProxy adds <10% |"
+        )
+        lines.append(
+            f"| 3 | one device, batches of 100, p50 via HAProxy |"
+            f" {hap['serial_haproxy_p50_ms']:.0f} ms | straight to one node:"
+            f" {hap['serial_direct_p50_ms']:.0f} ms | {hap['serial_latency_ratio']:.2f}x | |"
+        )
+    router = results.get("router", {})
+    if "ratio" in router:
+        lines.append(
+            f"| 4 | ORM read through the router (`for_device`) | {router['router_ms']:.3f} ms"
+            f" | explicit `.using()`: {router['using_ms']:.3f} ms | {router['ratio']:.2f}x"
+            " | router adds <5% |"
+        )
+    dq = results.get("directory_queries", {})
+    if "requests" in dq:
+        lines.append(
+            f"| 5 | directory queries per steady-state upload ({dq['requests']} uploads) |"
+            f" {dq['directory_queries_per_request']:.2f} | shard queries per upload:"
+            f" {dq['shard_queries_per_request']:.1f} | | 0 |"
+        )
+    moves = results.get("moves", {})
+    if moves.get("ratio") is not None:
+        lines.append(
+            f"| 6 | moving a device (bench/move_bench.py) | {num(moves['move_rows_per_s'])} rows/s"
+            f" | raw COPY between the servers: {num(moves['raw_copy_rows_per_s'])} rows/s"
+            f" | {pct(moves['ratio'])} | ≥30% |"
+        )
+        lines.append(
+            f"| 6 | writer stall p99 while devices move under load | "
+            f"{num(moves['writer_stall_p99_ms'])} ms | {moves['failed_uploads']} failed uploads"
+            " | | <500 ms |"
+        )
+    mem = results.get("memory", {})
+    if mem.get("workers"):
+        lines.append(
+            f"| 7 | memory per uWSGI worker ({mem['workers']} workers), after the load |"
+            f" RSS {mem['rss_mib_median']:.0f} MiB, PSS {mem['pss_mib_median']:.0f} MiB | | | |"
+        )
+    for key, run in runs.items():
+        if "locust_cpu_share_of_one_core" in run:
+            lines.append(
+                f"| 7 | load generator CPU in run `{key}` |"
+                f" {run['locust_cpu_share_of_one_core']:.0%} of one core | whole machine busy:"
+                f" {run['machine_cpu_busy_of_all_cores']:.0%} of {m['cpus']} cores | | |"
+            )
+    verified = [
+        f"{key}: {run['verified']['acknowledged']:,}/{run['verified']['stored']:,}"
+        for key, run in runs.items()
+        if "verified" in run
+    ]
+    lines += [
+        "",
+        f"Verified after every load run (readings acknowledged/stored):"
+        f" {'; '.join(verified)}; all exact: {results['all_runs_verified']}.",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=20, help="Seconds per load run.")
+    parser.add_argument("--concurrency", type=int, default=32, help="Devices sending at once.")
+    parser.add_argument("--ingest-readings", type=int, default=200_000)
+    parser.add_argument("--move-readings", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=3, help="Rounds of the script benches.")
+    parser.add_argument("--skip-scripts", action="store_true", help="No move/ingest benches.")
+    parser.add_argument("--quick", action="store_true", help="Short runs, small benches.")
+    parser.add_argument("--cluster-json", type=Path, default=ROOT / "var" / "cluster.json")
+    args = parser.parse_args()
+    if args.quick:
+        args.duration, args.ingest_readings, args.move_readings, args.rounds = 8, 20_000, 20_000, 1
+    if not args.cluster_json.exists():
+        print(f"{args.cluster_json} is missing: run `make up` first", file=sys.stderr)
+        return 2
+    suite = Suite(args)
+    results = suite.run()
+    table = markdown(results)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{suite.stamp}.json").write_text(json.dumps(results, indent=1, default=str))
+    (RESULTS / f"{suite.stamp}.md").write_text(table + "\n")
+    print(table)
+    print(f"\nbench/results/{suite.stamp}.json and .md; load reports under {suite.out}")
+    return 0 if results["all_runs_verified"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
