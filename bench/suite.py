@@ -370,6 +370,9 @@ class Suite:
 
     def run(self) -> dict:
         results: dict = {"started": self.stamp, "machine": machine(), "config": vars(self.args)}
+        with CpuMeter() as idle:  # what else keeps the machine busy before any load
+            time.sleep(3)
+        results["machine"]["busy_before_load"] = round(idle.busy / idle.seconds / os.cpu_count(), 3)
         results["config"] = {k: str(v) for k, v in results["config"].items()}
         c = self.args.concurrency
         for batch in (1, 100):
@@ -391,6 +394,10 @@ class Suite:
             figures.pop("_result", None)
         results["runs"] = self.runs
         results["all_runs_verified"] = self.verified_ok
+        results["targets"] = {
+            name: {"figure": value, "verdict": verdict}
+            for name, (value, verdict) in verdicts(results).items()
+        }
         return results
 
 
@@ -429,12 +436,50 @@ def num(value: float | None, digits: int = 0) -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}"
 
 
+def verdicts(results: dict) -> dict[str, tuple[str, str]]:
+    """Each target with the figure it is judged on, and whether the figure meets it."""
+    out: dict[str, tuple[str, str]] = {}
+
+    def judge(name: str, value: float | None, ok: Callable[[float], bool], shown: str) -> None:
+        if value is not None:
+            out[name] = (shown, "meets" if ok(value) else "misses")
+
+    run = results["runs"].get("uploads_100", {})
+    if "uploads_per_s" in run:
+        judge(
+            "batches of 100: ≥500 uploads/s via HAProxy", run["uploads_per_s"],
+            lambda v: v >= TARGETS["uploads_per_s_batch_100"], f"{run['uploads_per_s']:,.0f}/s",
+        )  # fmt: skip
+        judge(
+            "batches of 100: p99 under 200 ms", run["p99_ms"],
+            lambda v: v < TARGETS["p99_ms_batch_100"], f"{run['p99_ms']:.0f} ms",
+        )  # fmt: skip
+    ratio = results.get("ingest", {}).get("ratio")
+    judge("end-to-end ingest ≥30% of raw COPY", ratio,
+          lambda v: v >= TARGETS["ingest_of_copy"], pct(ratio))  # fmt: skip
+    both = results.get("haproxy", {}).get("haproxy_of_both_nodes")
+    judge(
+        "HAProxy adds under 10% (throughput against both nodes direct)", both,
+        lambda v: v >= 1 - TARGETS["haproxy_overhead"],
+        f"via HAProxy at {both:.0%} of direct" if both is not None else "",
+    )  # fmt: skip
+    router = results.get("router", {}).get("ratio")
+    judge(
+        "the router adds under 5%", router, lambda v: v <= 1 + TARGETS["router_overhead"],
+        f"{router - 1:+.1%}" if router is not None else "",
+    )  # fmt: skip
+    dq = results.get("directory_queries", {}).get("directory_queries_per_request")
+    judge("0 directory queries per steady-state upload", dq, lambda v: v == 0, f"{dq}")
+    return out
+
+
 def markdown(results: dict) -> str:
     """The summary table docs/benchmarks.md shows; each figure with its baseline."""
     runs, m = results["runs"], results["machine"]
     lines = [
         f"Run {results['started']} UTC on {m['cpus']} CPUs ({m['cpu_model']}),"
         f" {m['memory_gib']} GiB, {m['kernel']}, Python {m['python']}, {m['postgres']};"
+        f" machine {m.get('busy_before_load', 0):.0%} busy before the load started;"
         f" {results['config']['duration']} s per load run, concurrency"
         f" {results['config']['concurrency']}.",
         "",
@@ -460,6 +505,10 @@ def markdown(results: dict) -> str:
             f" {ingest['readings']:,} readings | {ingest['e2e_readings_per_s']:,.0f} readings/s"
             f" | raw COPY into the same shards: {ingest['raw_copy_readings_per_s']:,.0f}/s"
             f" | {pct(ingest['ratio'])} | ≥30% |"
+        )
+        lines.append(
+            f"| 2 | import lag in that run (received to imported, p99 of the slowest shard) |"
+            f" {ingest['import_lag_p99_s_worst_shard']:.2f} s | | | |"
         )
     imp = results.get("import", {})
     if imp.get("import_of_copy") is not None:
@@ -529,6 +578,9 @@ def markdown(results: dict) -> str:
         for key, run in runs.items()
         if "verified" in run
     ]
+    lines += ["", "Targets:"]
+    for name, (value, verdict) in verdicts(results).items():
+        lines.append(f"- {name}: {value} ({verdict})")
     lines += [
         "",
         f"Verified after every load run (readings acknowledged/stored):"
