@@ -43,6 +43,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 HOSTS = 6
 DEVICES = 12
 LOAD_SECONDS = 8
+# Seconds between a device's batches: about 40 uploads a second from 12 devices, which
+# one worker on a busy 2-core machine imports without a long backlog.
+LOAD_INTERVAL = 0.3
 LB_HOST = "h5"
 BEAT_HOST = "h4"
 
@@ -51,7 +54,7 @@ class PhaseLoad(DeviceLoad):
     """DeviceLoad whose batches start at `first_batch`: a later phase sends new ones."""
 
     def __init__(self, base_url: str, devices: list[DeviceRecord], first_batch: int):
-        super().__init__(base_url, devices, interval=0.1)
+        super().__init__(base_url, devices, interval=LOAD_INTERVAL)
         self.first_batch = first_batch
 
     def _run(self, device: DeviceRecord) -> None:
