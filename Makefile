@@ -44,8 +44,10 @@ test: up lint
 BENCH_ARGS ?=
 .PHONY: bench
 bench: up
-	$(PYTHON) bench/suite.py $(BENCH_ARGS)
-	@if test -f bench/rollup_bench.py; then $(PYTHON) bench/rollup_bench.py --readings 200000; fi
+	@status=0; $(PYTHON) bench/suite.py $(BENCH_ARGS) || status=$$?; \
+	if test -f bench/rollup_bench.py; then \
+		$(PYTHON) bench/rollup_bench.py --readings 200000 || status=$$?; fi; \
+	exit $$status
 
 # One Locust scenario against the local cluster through HAProxy, verified afterwards
 # (loadtest/README.md). SCENARIO=swarm|web|mix; reports under var/loadtest/.
