@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
+from routers.placement import shard_for_device
 from shards.fence import write_for_device
 from shards.models import Command
 
@@ -79,6 +80,16 @@ def deliver_pending(device_id: int) -> list[Command]:
         Command.objects.on_shard(alias).bulk_update(commands, ["status", "sent_at", "attempts"])
         return commands
 
+    # Most reports find nothing to deliver. Ask first without the fence: taking it FOR
+    # SHARE writes a row lock, which makes the transaction's commit wait for the disk.
+    # A stale placement can only say "nothing" a moment too long: the next report asks again.
+    has_open = (
+        Command.objects.on_shard(shard_for_device(device_id))
+        .filter(device_id=device_id, status__in=OPEN)
+        .exists()
+    )
+    if not has_open:
+        return []
     return write_for_device(device_id, deliver)
 
 
