@@ -17,7 +17,6 @@ worker of the cluster imports behind the bench's back.
 import argparse
 import io
 import os
-import platform
 import sys
 import time
 import uuid
@@ -27,6 +26,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+
+from host_facts import describe  # noqa: E402  (bench/, the script's own directory)
 
 from core import local_cluster  # noqa: E402  (needs the repo on sys.path)
 
@@ -154,19 +155,9 @@ def median(phases: list[Phase]) -> Phase:
 
 
 def machine() -> str:
-    mem_kb = next(
-        int(line.split()[1])
-        for line in Path("/proc/meminfo").read_text().splitlines()
-        if line.startswith("MemTotal:")
-    )
     with connections[DIRECTORY_ALIAS].cursor() as cursor:
         cursor.execute("SHOW server_version")
-        postgres = cursor.fetchone()[0].split()[0]
-    return (
-        f"{os.cpu_count()} CPUs (nproc), {mem_kb / 1024 / 1024:.1f} GiB RAM,"
-        f" {platform.system()} {platform.release()}, Python {platform.python_version()},"
-        f" PostgreSQL {postgres}"
-    )
+        return describe(cursor.fetchone()[0].split()[0])
 
 
 def table(rounds: list[dict[str, Phase]], batch_size: int) -> str:

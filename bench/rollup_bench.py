@@ -16,7 +16,6 @@ lock meanwhile, so the cluster's own analysis runs skip the shard.
 import argparse
 import io
 import os
-import platform
 import sys
 import time
 import uuid
@@ -29,6 +28,7 @@ sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "core.settings")
 
 import django  # noqa: E402
+from host_facts import describe  # noqa: E402  (bench/, the script's own directory)
 
 django.setup()
 
@@ -181,19 +181,9 @@ def one_round(alias: str, count: int, metrics: int, late_count: int) -> Round:
 
 
 def machine(alias: str) -> str:
-    mem_kb = next(
-        int(line.split()[1])
-        for line in Path("/proc/meminfo").read_text().splitlines()
-        if line.startswith("MemTotal:")
-    )
     with connections[alias].cursor() as cursor:
         cursor.execute("SHOW server_version")
-        postgres = cursor.fetchone()[0].split()[0]
-    return (
-        f"{os.cpu_count()} CPUs (nproc), {mem_kb / 1024 / 1024:.1f} GiB RAM,"
-        f" {platform.system()} {platform.release()}, Python {platform.python_version()},"
-        f" PostgreSQL {postgres}"
-    )
+        return describe(cursor.fetchone()[0].split()[0])
 
 
 def table(rounds: list[Round]) -> str:

@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "loadtest"))
 
 # The load test's own runner and verifier (outside clients; no project code).
+from host_facts import memory_gib  # noqa: E402  (bench/, the script's own directory)
 from run import RunResult, run_locust, verify_run  # noqa: E402
 from verify import connect  # noqa: E402
 
@@ -416,11 +417,6 @@ class Suite:
 
 
 def machine() -> dict:
-    mem_kb = next(
-        int(line.split()[1])
-        for line in Path("/proc/meminfo").read_text().splitlines()
-        if line.startswith("MemTotal:")
-    )
     model = next(
         (
             line.split(":", 1)[1].strip()
@@ -435,7 +431,7 @@ def machine() -> dict:
     return {
         "cpus": os.cpu_count(),
         "cpu_model": model,
-        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "memory_gib": memory_gib(),
         "kernel": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "postgres": postgres,
