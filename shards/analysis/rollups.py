@@ -257,8 +257,11 @@ def _roll_up_batch(
             .filter(device_id__in={device_id for device_id, _, _ in claimed})
             .values_list("device_id", "raw_since")
         )
-        late = [key for key in claimed if key[0] in retention and key[2] < retention[key[0]]]
-        whole = [key for key in claimed if not (key[0] in retention and key[2] < retention[key[0]])]
+        late: list[Key] = []
+        whole: list[Key] = []
+        for device_id, metric, minute in claimed:
+            raw_gone = device_id in retention and minute < retention[device_id]
+            (late if raw_gone else whole).append((device_id, metric, minute))
         minutes = _upsert_minutes(cursor, RECOMPUTE_MINUTES, whole)
         minutes += _upsert_minutes(cursor, MERGE_LATE_MINUTES, late)
         hour_keys = [(b.device_id, b.metric, b.start) for b in minutes]
