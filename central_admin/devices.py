@@ -18,7 +18,7 @@ from central_admin.device_list import (
 from central_admin.device_page import device_context
 from central_admin.filters import OnlineFilter, OwnerFilter, ShardFilter
 from central_admin.forms import CommandForm
-from core.models import AlertRule, Device, DeviceAccess
+from core.models import AlertRule, Device, DeviceAccess, MoveJob
 
 
 class DeviceAccessInline(admin.TabularInline):
@@ -66,6 +66,15 @@ class DeviceAdmin(admin.ModelAdmin):
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type:
         return DeviceChangeList
+
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple:
+        """A device's finished move history goes with it, though move jobs are read-only.
+
+        Moves still in flight protect the device (core.models.protect_moves_in_flight).
+        """
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        perms_needed = set(perms_needed) - {str(MoveJob._meta.verbose_name)}
+        return deleted, counts, perms_needed, protected
 
     def get_urls(self) -> list[URLPattern]:
         wrap = self.admin_site.admin_view

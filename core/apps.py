@@ -8,4 +8,4 @@ class CoreConfig(AppConfig):
     verbose_name = "Directory"
 
     def ready(self) -> None:
-        from core import checks  # noqa: F401  (registers the system checks)
+        from core import checks, signals  # noqa: F401  (registers checks and receivers)

@@ -4,10 +4,15 @@ These tables exist only in the directory database. Shard-side rows refer to a
 device by its plain integer id, never by a foreign key.
 """
 
+from collections.abc import Iterable
+from typing import Any
+
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
-from django.db import models
+from django.db import models, transaction
+
+from core.credential_cache import forget_after_commit
 
 
 class User(AbstractUser):
@@ -62,6 +67,21 @@ class Shard(models.Model):
         return f"{self.alias} ({self.state})"
 
 
+class DeviceQuerySet(models.QuerySet):
+    """A bulk update of devices (say, deactivating them) bites on every node at once."""
+
+    def update(self, **kwargs: Any) -> int:
+        with transaction.atomic(using=self.db, savepoint=False):
+            key_ids = list(
+                DeviceCredential.objects.using(self.db)
+                .filter(device__in=self.values("pk"))
+                .values_list("key_id", flat=True)
+            )
+            count = super().update(**kwargs)
+            forget_after_commit(key_ids, using=self.db)
+        return count
+
+
 class Device(models.Model):
     """A field device; its readings and commands live on its shard."""
 
@@ -97,8 +117,13 @@ class Device(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
+    objects = DeviceQuerySet.as_manager()
+
     class Meta:
         ordering = ["id"]
+        permissions = [
+            ("command_device", "Can send and cancel commands on any device"),
+        ]
 
     def __str__(self) -> str:
         return self.name or self.serial
@@ -179,10 +204,31 @@ class DeviceAccess(models.Model):
         return f"{self.user_id} -> device {self.device_id}"
 
 
+class DeviceCredentialQuerySet(models.QuerySet):
+    """Bulk changes of credentials (revoking, expiring) bite on every node at once."""
+
+    def update(self, **kwargs: Any) -> int:
+        with transaction.atomic(using=self.db, savepoint=False):
+            key_ids = list(self.values_list("key_id", flat=True))
+            count = super().update(**kwargs)
+            forget_after_commit(key_ids, using=self.db)
+        return count
+
+    def bulk_create(self, objs: Iterable["DeviceCredential"], *args: Any, **kwargs: Any):
+        created = super().bulk_create(objs, *args, **kwargs)
+        forget_after_commit([credential.key_id for credential in created], using=self.db)
+        return created
+
+
 class DeviceCredential(models.Model):
     """A device token, stored only as a keyed digest; several may be valid during rotation."""
 
     device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="credentials")
+    key_id = models.CharField(
+        max_length=32,
+        unique=True,
+        help_text="The token's public part before the dot: random, so it cannot be guessed.",
+    )
     digest = models.CharField(max_length=64, help_text="HMAC-SHA256 of the token's secret part.")
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField(
@@ -190,8 +236,10 @@ class DeviceCredential(models.Model):
     )
     revoked_at = models.DateTimeField(null=True, blank=True)
 
+    objects = DeviceCredentialQuerySet.as_manager()
+
     def __str__(self) -> str:
-        return f"credential {self.pk} of device {self.device_id}"
+        return f"credential {self.key_id} of device {self.device_id}"
 
 
 class Placement(models.Model):
@@ -255,6 +303,23 @@ class Rebalance(models.Model):
         return f"{self.kind} {self.pk} ({self.state})"
 
 
+def protect_moves_in_flight(collector: Any, field: Any, sub_objs: Any, using: str) -> None:
+    """on_delete of a move's device: its finished moves go with it, one in flight stops it.
+
+    A device whose move is copying or switching cannot be deleted: the mover would
+    leave rows behind on the target. Finish the move or roll it back first. The
+    admin shows such a move as a protected object instead of deleting.
+    """
+    in_flight = [job for job in sub_objs if job.phase in MoveJob.IN_FLIGHT]
+    if in_flight:
+        raise models.ProtectedError(
+            "a device with a move in flight cannot be deleted; finish or roll back the move"
+            f" first (move {', '.join(str(job.pk) for job in in_flight)})",
+            in_flight,
+        )
+    models.CASCADE(collector, field, sub_objs, using)
+
+
 class MoveJob(models.Model):
     """One device's move between shards, recorded phase by phase so a crash can be resumed.
 
@@ -276,7 +341,7 @@ class MoveJob(models.Model):
         ROLLED_BACK = "rolled_back", "rolled back"
         FAILED = "failed", "failed (rolled back)"
 
-    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="moves")
+    device = models.ForeignKey(Device, on_delete=protect_moves_in_flight, related_name="moves")
     source = models.ForeignKey(Shard, on_delete=models.PROTECT, related_name="moves_out")
     target = models.ForeignKey(Shard, on_delete=models.PROTECT, related_name="moves_in")
     rebalance = models.ForeignKey(
@@ -317,3 +382,32 @@ class MoveJob(models.Model):
 
     def __str__(self) -> str:
         return f"move {self.pk}: device {self.device_id} {self.source_id}->{self.target_id}"
+
+
+class DeviceDeletion(models.Model):
+    """A deleted device whose rows on the shards are still to be removed.
+
+    Written in the same transaction as the delete, so no deletion is forgotten: a
+    Celery task removes the rows after commit (shards.deletion), and beat retries
+    any that a shard being down or a lost task left unfinished.
+    """
+
+    device_id = models.BigIntegerField(unique=True, help_text="The deleted device's id.")
+    serial = models.CharField(max_length=128)
+    requested_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    rows_removed = models.JSONField(default=dict, blank=True, help_text="Rows per shard and table.")
+    error = models.TextField(blank=True, help_text="Why the last attempt did not finish.")
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(
+                fields=["requested_at"],
+                condition=models.Q(finished_at__isnull=True),
+                name="device_deletion_pending_idx",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"deletion of device {self.device_id} ({self.serial})"

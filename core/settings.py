@@ -135,8 +135,9 @@ DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
 
 # A keyed hash for device tokens: fast enough for every request, useless if leaked.
 DEVICE_TOKEN_KEY = os.environ.get("DEVICE_TOKEN_KEY", SECRET_KEY)
-# How long other processes may still accept a revoked token (their local cache).
-CREDENTIAL_LOCAL_TTL = float(os.environ.get("CREDENTIAL_LOCAL_TTL", "10"))
+# How long other processes may still accept a revoked token (their local cache): a change
+# to a device or its credentials must bite on every node within 2 s (core.checks).
+CREDENTIAL_LOCAL_TTL = float(os.environ.get("CREDENTIAL_LOCAL_TTL", "1"))
 CREDENTIAL_REDIS_TTL = int(os.environ.get("CREDENTIAL_REDIS_TTL", "300"))
 # After rotation the old token keeps working this long, so devices can pick up the new one.
 TOKEN_ROTATION_GRACE = timedelta(hours=float(os.environ.get("TOKEN_ROTATION_GRACE_HOURS", "24")))
@@ -164,6 +165,12 @@ CELERY_BEAT_SCHEDULE = {
     },
     "clean-up-moved-devices": {
         "task": "shards.tasks.clean_up_moved_devices",
+        "schedule": 60.0,
+        "options": {"expires": 60},
+    },
+    # Removes deleted devices' rows from shards where a task did not (shard down, task lost).
+    "purge-deleted-devices": {
+        "task": "shards.tasks.purge_pending_deletions",
         "schedule": 60.0,
         "options": {"expires": 60},
     },

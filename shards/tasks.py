@@ -59,6 +59,24 @@ def clean_up_moved_devices() -> int:
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)
+def purge_deleted_device(deletion_id: int) -> bool:
+    """Remove a deleted device's rows from the shards (shards.deletion); True when done."""
+    from core.models import DeviceDeletion
+    from shards.deletion import purge_deleted_device as purge
+
+    deletion = DeviceDeletion.objects.filter(pk=deletion_id, finished_at__isnull=True).first()
+    return True if deletion is None else purge(deletion)
+
+
+@shared_task(ignore_result=True)
+def purge_pending_deletions() -> int:
+    """Beat's retry of device deletions that a shard being down or a lost task left over."""
+    from shards.deletion import purge_pending_deletions as purge
+
+    return purge()
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
 def run_move_job(job_id: int) -> str:
     """Run (or resume) a recorded move job in the background; returns its final phase.
 

@@ -140,4 +140,5 @@ def dead_shard(shards) -> str:
     unregister_shard_connection("shard_dead")
 
 
+from tests.other_node import other_node  # noqa: E402, F401
 from tests.worker import celery_worker  # noqa: E402, F401

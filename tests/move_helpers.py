@@ -137,13 +137,6 @@ def fence_states(aliases: list[str], device_id: int) -> dict[str, str | None]:
     return {alias: (fence_of(alias, device_id) or (None,))[0] for alias in aliases}
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.01)
-
-
 def mover_waits_for_a_lock(alias: str) -> bool:
     """True while a mover's connection to this shard's database waits for a row lock."""
     with connections[alias].cursor() as cursor:

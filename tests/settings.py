@@ -25,10 +25,10 @@ for _alias, (_port, _db_name) in local_cluster.SHARDS.items():
         "TEST": {"NAME": f"test_{_db_name}{SUFFIX}"},
     }
 
-# Redis database 1: tests never touch the running cluster's cache (database 0).
+# Redis database 1: tests never touch the running cluster's cache (database 0). The key
+# prefix stays the real one, so processes the tests start (tests.process_env) share it.
 CACHES["default"]["LOCATION"] = local_cluster.redis_url(
     int(os.environ.get("FLEET_TEST_REDIS_DB", "1"))
 )
-CACHES["default"]["KEY_PREFIX"] = "fleet-test"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CELERY_BROKER_URL = local_cluster.redis_url(int(os.environ.get("FLEET_TEST_BROKER_DB", "3")))

@@ -1,7 +1,6 @@
 """Analysis as Celery runs it: beat's entry on a real worker; one run per shard at a time."""
 
 import threading
-import time
 from datetime import timedelta
 from typing import Any
 
@@ -13,15 +12,9 @@ from shards.analysis.run import analyse_shard
 from shards.models import Alert, DeviceStatus, Reading
 from shards.tasks import analyse_all_shards
 from tests.factories import make_device
+from tests.waiting import wait_until
 
 WAIT = 60.0
-
-
-def wait_until(condition, what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def silent_device(alias: str) -> int:

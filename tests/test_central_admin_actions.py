@@ -1,7 +1,6 @@
 """The central admin's actions and ops pages: credentials, commands, moves, shards, cluster."""
 
 import re
-import time
 
 import pytest
 import redis
@@ -14,6 +13,7 @@ from core.models import MoveJob, Placement, Rebalance, Shard, User
 from shards.models import Command
 from shards.moves.protocol import start_move
 from tests.factories import make_device
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -27,13 +27,6 @@ def staff(shards) -> Client:
 
 def messages_of(response) -> list[str]:
     return [str(message) for message in get_messages(response.wsgi_request)]
-
-
-def wait_until(check, timeout: float = 90, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
 
 
 # --- credentials --------------------------------------------------------------------------
@@ -110,7 +103,7 @@ def test_the_move_action_runs_a_job_on_the_worker(staff, celery_worker):
     def released() -> bool:
         return staff.get(f"/admin/fleet/moves/{job.pk}/").json()["final"]
 
-    wait_until(released, what=f"move {job.pk}")
+    wait_until(released, what=f"move {job.pk}", timeout=90)
     assert staff.get(f"/admin/fleet/moves/{job.pk}/").json()["phase"] in ("released", "done")
     assert Placement.objects.get(device=device).shard_id == "shard_2"
     page = staff.get(answer["Location"]).content.decode()
@@ -186,12 +179,14 @@ def test_drain_marks_the_shard_draining_and_moves_its_devices_off(
     def emptied() -> bool:
         return not Placement.objects.filter(shard_id="shard_3").exists()
 
-    wait_until(emptied, what="shard_3 to be drained")
+    wait_until(emptied, what="shard_3 to be drained", timeout=90)
     for device in [*leaving, pinned]:
         assert Placement.objects.get(device=device).shard_id in ("shard_1", "shard_2")
     assert Placement.objects.get(device=staying).shard_id == "shard_1"
     run = Rebalance.objects.get(kind="drain:shard_3")
-    wait_until(lambda: Rebalance.objects.get(pk=run.pk).state == "finished", what="the run")
+    wait_until(
+        lambda: Rebalance.objects.get(pk=run.pk).state == "finished", what="the run", timeout=90
+    )
     page = staff.get("/admin/core/shard/shard_3/change/").content.decode()
     assert f'data-run="{run.pk}"' in page
 

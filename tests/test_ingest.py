@@ -9,7 +9,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
@@ -29,6 +28,7 @@ from shards.models import DeviceStatus, LatestValue, Reading, Upload
 from tests.factories import T0, make_device
 from tests.process_env import child_process_env
 from tests.querylog import queries_by_alias
+from tests.waiting import wait_until
 from tests.worker import CeleryWorker
 
 IMPORT_TIMEOUT = 30.0
@@ -56,21 +56,12 @@ def store_staged(device_id: int, batch_id: str, readings: list[dict]) -> Upload:
     )
 
 
-def wait_for(
-    condition: Callable[[], bool], timeout: float = IMPORT_TIMEOUT, what: str = ""
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.1)
-
-
 def status_of(device_id: int, upload_id: int) -> str:
     return Upload.objects.for_device(device_id).get(pk=upload_id).status
 
 
 def wait_until_imported(device_id: int, upload_id: int) -> None:
-    wait_for(
+    wait_until(
         lambda: status_of(device_id, upload_id) != Upload.Status.STAGED,
         what=f"upload {upload_id} to be imported",
     )
@@ -272,7 +263,7 @@ def test_the_worker_marks_a_corrupt_upload_failed_without_raising(shards, celery
 
     assert queue_import(device.pk, upload.pk) is True
 
-    wait_for(lambda: status_of(device.pk, upload.pk) == "failed", what="the import to fail")
+    wait_until(lambda: status_of(device.pk, upload.pk) == "failed", what="the import to fail")
     assert "timestamp" in Upload.objects.for_device(device).get().error
     assert Reading.objects.for_device(device).count() == 0
 
@@ -370,9 +361,9 @@ def test_worker_killed_mid_backlog_loses_and_doubles_nothing(shards, celery_work
         assert uploads_with_status("staged") == total_uploads
 
         celery_worker.start()
-        wait_for(lambda: uploads_with_status("imported") >= 10, what="the import to begin")
+        wait_until(lambda: uploads_with_status("imported") >= 10, what="the import to begin")
         celery_worker.kill()
-        wait_for(no_transaction_in_flight, timeout=30, what="the killed worker's last commit")
+        wait_until(no_transaction_in_flight, timeout=30, what="the killed worker's last commit")
         left = uploads_with_status("staged")
         assert 0 < left < total_uploads, "the kill did not land mid-backlog"
         # Tasks the killed worker held are unacknowledged until the visibility timeout;
@@ -382,7 +373,7 @@ def test_worker_killed_mid_backlog_loses_and_doubles_nothing(shards, celery_work
     finally:
         if not celery_worker.running:
             celery_worker.start()
-    wait_for(
+    wait_until(
         lambda: uploads_with_status("imported") == total_uploads,
         timeout=180,
         what="the whole backlog to be imported",

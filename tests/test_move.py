@@ -43,8 +43,8 @@ from tests.move_helpers import (
     row_counts,
     store_staged,
     total_rows,
-    wait_until,
 )
+from tests.waiting import wait_until
 
 Phase = MoveJob.Phase
 COMMANDS = Command._meta.db_table

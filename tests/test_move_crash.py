@@ -27,8 +27,8 @@ from tests.move_helpers import (
     populate_device,
     row_counts,
     total_rows,
-    wait_until,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
