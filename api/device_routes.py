@@ -31,6 +31,13 @@ from shards.models import Upload
 class DeviceToken(HttpBearer):
     """`Authorization: Bearer <token>`; the request carries `device_id` and `shard_alias`."""
 
+    def __call__(self, request: HttpRequest) -> int | None:
+        """Any other scheme is simply unauthenticated (ninja's own parser logs the value)."""
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        return self.authenticate(request, token.strip())
+
     def authenticate(self, request: HttpRequest, token: str) -> int | None:
         device_id = device_id_for_token(token)
         if device_id is not None:

@@ -6,9 +6,12 @@ bad input or a refused operation is an error message and changes nothing.
 
 import logging
 
-from django.contrib import messages
+from django.conf import settings
+from django.contrib import admin, messages
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from central_admin.actions import change_page, object_for_change
@@ -28,15 +31,19 @@ SHARD_TROUBLE = (DatabaseError, RoutingError, DeviceMoved)
 
 
 @require_POST
+@never_cache
 def rotate(request: HttpRequest, device_id: int) -> HttpResponse:
+    """Answers with the new token itself: a message would carry it in a signed cookie."""
     device = object_for_change(request, Device, device_id)
     token = rotate_token(device)
-    messages.success(
-        request,
-        f"New token for {device.serial} (shown only now; older tokens expire after the"
-        f" rotation grace period): {token}",
-    )
-    return change_page(device)
+    context = {
+        **admin.site.each_context(request),
+        "device": device,
+        "device_url": change_page(device).url,
+        "token": token,
+        "grace_hours": f"{settings.TOKEN_ROTATION_GRACE.total_seconds() / 3600:g}",
+    }
+    return render(request, "central_admin/new_token.html", context)
 
 
 @require_POST

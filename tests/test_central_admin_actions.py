@@ -36,15 +36,18 @@ def test_rotate_shows_a_new_token_once_and_revoke_refuses_every_token(staff):
     made = make_device(shard="shard_1")
     device = made.device
     rotated = staff.post(f"/admin/core/device/{device.pk}/rotate/")
-    assert rotated.status_code == 302
-    (message,) = messages_of(rotated)
-    new_token = re.search(r"(\d+\.[A-Za-z0-9_-]{20,})$", message).group(1)
+    assert rotated.status_code == 200
+    new_token = re.search(r'<code id="new-token">([^<]+)</code>', rotated.content.decode())[1]
     assert new_token != made.token
     assert device_id_for_token(new_token) == device.pk
     assert device_id_for_token(made.token) == device.pk  # still inside the rotation grace
-    # Shown once: on the page the admin lands on, and never again.
-    assert new_token in staff.get(rotated["Location"]).content.decode()
-    assert new_token not in staff.get(rotated["Location"]).content.decode()
+    # Shown once, on this answer alone: nothing client-side or in the session keeps it.
+    assert "no-store" in rotated["Cache-Control"]
+    assert not messages_of(rotated)
+    for cookie in rotated.cookies.values():
+        assert new_token not in cookie.value
+    assert new_token not in str(dict(staff.session))
+    assert new_token not in staff.get(f"/admin/core/device/{device.pk}/change/").content.decode()
 
     revoked = staff.post(f"/admin/core/device/{device.pk}/revoke/")
     assert revoked.status_code == 302
