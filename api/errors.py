@@ -12,8 +12,9 @@ from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
+from core.access import CommandNotAllowed, DeviceNotVisible
 from core.provisioning import EnrollmentError
-from routers.errors import UnknownDevice
+from routers.errors import FanOutError, UnknownDevice
 from shards.commands import CommandError
 from shards.fence import DeviceMoved
 
@@ -70,8 +71,13 @@ def install_error_handlers(api: NinjaAPI) -> None:
         return answer(request, exc.status, str(exc))
 
     @api.exception_handler(UnknownDevice)
-    def unknown_device(request: HttpRequest, exc: UnknownDevice) -> HttpResponse:
+    @api.exception_handler(DeviceNotVisible)
+    def unknown_device(request: HttpRequest, exc: Exception) -> HttpResponse:
         return answer(request, 404, "no such device")
+
+    @api.exception_handler(CommandNotAllowed)
+    def not_allowed(request: HttpRequest, exc: CommandNotAllowed) -> HttpResponse:
+        return answer(request, 403, str(exc))
 
     @api.exception_handler(HttpError)
     def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
@@ -86,5 +92,5 @@ def install_error_handlers(api: NinjaAPI) -> None:
         response["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response
 
-    for failure in (OperationalError, InterfaceError, DeviceMoved):
+    for failure in (OperationalError, InterfaceError, DeviceMoved, FanOutError):
         api.add_exception_handler(failure, unavailable)

@@ -1,6 +1,7 @@
 """Endpoints for web users (Django session login): their devices, readings and commands.
 
-Staff see every device. Another user's device, or a command of one, is a 404.
+Who sees and commands what is decided in core.access. A device the user may not see,
+or a command of one, is a 404.
 """
 
 from datetime import UTC, datetime, timedelta
@@ -11,7 +12,6 @@ from ninja.errors import HttpError
 from ninja.security import django_auth
 from pydantic import Field, field_validator, model_validator
 
-from api.access import device_for_user, visible_devices
 from api.schemas import (
     CommandIn,
     CommandOut,
@@ -22,9 +22,15 @@ from api.schemas import (
     ReadingsOut,
     SeriesOut,
 )
+from core.access import DeviceNotVisible, device_for_user, visible_devices
 from core.models import Placement
-from routers.fanout import fan_out
-from shards.commands import cancel_command, create_command
+from shards.commands import (
+    NO_SUCH_COMMAND,
+    CommandError,
+    cancel_command,
+    create_command,
+    device_of_command,
+)
 from shards.models import Command, Reading
 from shards.overview import device_overviews
 from shards.series import device_series
@@ -169,17 +175,11 @@ def device_commands(request: HttpRequest, device_id: int):
 
 @router.post("/commands/{command_id}/cancel", response={200: CommandOut, **ERRORS})
 def cancel(request: HttpRequest, command_id: int):
-    """The command's shard is not known from its id alone, so every shard is asked."""
-    found = fan_out(
-        lambda alias: (
-            Command.objects.on_shard(alias)
-            .filter(pk=command_id)
-            .values_list("device_id", flat=True)
-            .first()
-        )
-    )
-    device_id = next((d for d in found.values() if d is not None), None)
-    if device_id is None:
-        raise HttpError(404, "no such command")
-    device_for_user(request.user, device_id, to_command=True)
+    """Cancel a command that has not finished. Another user's command is answered as an
+    unknown one is, so the answers do not reveal which command ids exist."""
+    device_id = device_of_command(command_id)
+    try:
+        device_for_user(request.user, device_id, to_command=True)
+    except DeviceNotVisible:
+        raise CommandError(NO_SUCH_COMMAND, status=404) from None
     return cancel_command(device_id, command_id)

@@ -1,4 +1,4 @@
-"""What every admin POST action shares: the change permission, and the way back."""
+"""What every admin POST action shares: a permission check, and the way back."""
 
 from typing import TypeVar
 
@@ -12,10 +12,15 @@ from django.urls import reverse
 M = TypeVar("M", bound=models.Model)
 
 
-def object_for_change(request: HttpRequest, model: type[M], pk: object) -> M:
-    """The object, if the user may change such objects; else 403; unknown is 404."""
+def object_for_change(
+    request: HttpRequest, model: type[M], pk: object, permission: str | None = None
+) -> M:
+    """The object, if the user has `permission` (default: change such objects); else 403.
+
+    An unknown object is 404.
+    """
     opts = model._meta
-    if not request.user.has_perm(f"{opts.app_label}.change_{opts.model_name}"):
+    if not request.user.has_perm(permission or f"{opts.app_label}.change_{opts.model_name}"):
         raise PermissionDenied
     return get_object_or_404(model, pk=pk)
 

@@ -1,5 +1,8 @@
 """The device page's POST actions: credentials, commands, alerts and moves.
 
+Credentials, alerts and moves need the change permission on devices; commands need
+`core.command_device`, as everywhere else (core.access).
+
 Each action answers with a redirect to the device page and an admin message;
 bad input or a refused operation is an error message and changes nothing.
 """
@@ -16,6 +19,7 @@ from django.views.decorators.http import require_POST
 
 from central_admin.actions import change_page, object_for_change
 from central_admin.forms import CommandForm, form_errors
+from core.access import COMMAND_EVERY_DEVICE
 from core.credentials import revoke_tokens, rotate_token
 from core.models import Device
 from routers.errors import RoutingError
@@ -56,7 +60,7 @@ def revoke(request: HttpRequest, device_id: int) -> HttpResponse:
 
 @require_POST
 def command_create(request: HttpRequest, device_id: int) -> HttpResponse:
-    device = object_for_change(request, Device, device_id)
+    device = object_for_change(request, Device, device_id, COMMAND_EVERY_DEVICE)
     form = CommandForm(request.POST)
     if not form.is_valid():
         messages.error(request, f"Command not created: {form_errors(form)}")
@@ -72,7 +76,7 @@ def command_create(request: HttpRequest, device_id: int) -> HttpResponse:
 
 @require_POST
 def command_cancel(request: HttpRequest, device_id: int, command_id: int) -> HttpResponse:
-    device = object_for_change(request, Device, device_id)
+    device = object_for_change(request, Device, device_id, COMMAND_EVERY_DEVICE)
     try:
         cancel_command(device.pk, command_id)
     except (CommandError, *SHARD_TROUBLE) as exc:

@@ -18,6 +18,7 @@ from central_admin.device_list import (
 from central_admin.device_page import device_context
 from central_admin.filters import OnlineFilter, OwnerFilter, ShardFilter
 from central_admin.forms import CommandForm
+from core.access import may_command
 from core.models import AlertRule, Device, DeviceAccess, MoveJob
 
 
@@ -114,5 +115,6 @@ class DeviceAdmin(admin.ModelAdmin):
                 **(extra_context or {}),
                 **device_context(device),
                 "command_form": CommandForm(),
+                "can_command": may_command(request.user, device),
             }
         return super().change_view(request, object_id, form_url, extra_context)

@@ -12,6 +12,8 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
+from routers.errors import FanOutError
+from routers.fanout import fan_out
 from routers.placement import shard_for_device
 from shards.fence import write_for_device
 from shards.models import Command
@@ -20,6 +22,9 @@ S = Command.Status
 OPEN = (S.QUEUED, S.SENT, S.ACKNOWLEDGED)
 FINAL = (S.SUCCEEDED, S.FAILED, S.EXPIRED, S.CANCELLED)
 REPORTABLE = (S.ACKNOWLEDGED, S.SUCCEEDED, S.FAILED)
+
+
+NO_SUCH_COMMAND = "no such command"
 
 
 class CommandError(Exception):
@@ -91,6 +96,28 @@ def deliver_pending(device_id: int) -> list[Command]:
     if not has_open:
         return []
     return write_for_device(device_id, deliver)
+
+
+def device_of_command(command_id: int) -> int:
+    """The device a command belongs to, asked of every shard (its id does not say which
+    shard holds it now); CommandError 404 if none has it, FanOutError if a shard that
+    could have it did not answer."""
+    answers = fan_out(
+        lambda alias: (
+            Command.objects.on_shard(alias)
+            .filter(pk=command_id)
+            .values_list("device_id", flat=True)
+            .first()
+        ),
+        return_exceptions=True,
+    )
+    failed = {alias: a for alias, a in answers.items() if isinstance(a, BaseException)}
+    found = [a for a in answers.values() if a is not None and not isinstance(a, BaseException)]
+    if found:
+        return found[0]
+    if failed:
+        raise FanOutError(failed)
+    raise CommandError(NO_SUCH_COMMAND, status=404)
 
 
 def _open_command_for_update(alias: str, device_id: int, command_id: int) -> Command:

@@ -4,6 +4,7 @@ import itertools
 from datetime import UTC, datetime, timedelta
 
 from core.devices import NewDevice, create_device
+from core.models import User
 
 _serials = itertools.count(1)
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -11,6 +12,19 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 def make_device(**kwargs) -> NewDevice:
     return create_device(f"test-{next(_serials):05d}", **kwargs)
+
+
+def make_user(username: str, *permissions: str, **fields) -> User:
+    """A user (password "pw-<username>") holding these permissions ("core.view_device", ...)."""
+    from django.contrib.auth.models import Permission
+
+    user = User.objects.create_user(username, password=f"pw-{username}", **fields)
+    for name in permissions:
+        app_label, codename = name.split(".")
+        user.user_permissions.add(
+            Permission.objects.get(content_type__app_label=app_label, codename=codename)
+        )
+    return User.objects.get(pk=user.pk)  # a fresh instance: no stale permission cache
 
 
 def reading_times(n: int, start: datetime = T0) -> list[datetime]:

@@ -7,7 +7,7 @@ from core.models import DeviceAccess, User
 from shards.commands import create_command
 from shards.models import Command, LatestValue, Reading
 from tests.api_helpers import bearer, post_json
-from tests.factories import T0, make_device, reading_times
+from tests.factories import T0, make_device, make_user, reading_times
 from tests.querylog import queries_by_alias
 
 
@@ -16,7 +16,8 @@ def world(shards):
     """Users X and Y, staff S; X owns a1 (shard_1) and a2 (shard_2), Y owns b1 (shard_2)."""
     x = User.objects.create_user("x", password="pw-x")
     y = User.objects.create_user("y", password="pw-y")
-    staff = User.objects.create_user("s", password="pw-s", is_staff=True)
+    # Operators see and command every device by permission; staff alone grants nothing.
+    staff = make_user("s", "core.view_device", "core.command_device", is_staff=True)
     a1 = make_device(shard="shard_1", users=[x])
     a2 = make_device(shard="shard_2", users=[x])
     b1 = make_device(shard="shard_2", users=[y])
@@ -61,7 +62,9 @@ def test_device_list_queries_each_shard_a_constant_number_of_times(world):
     assert answer.json()["count"] == 22
     # Per-shard work runs in fan-out threads; this thread only touches the directory.
     assert log.aliases() <= {"default"}
-    assert log.count("default") <= 6
+    # Session, user, the user's and their groups' permissions, a page of devices, the
+    # count, their placements: the same seven however many devices there are.
+    assert log.count("default") == 7, log["default"]
 
 
 def test_readings_over_a_range(world):
@@ -163,18 +166,106 @@ def test_anonymous_gets_401_everywhere(world):
         assert answer.status_code == 401, path
 
 
-def test_a_device_cannot_use_user_endpoints_or_another_devices_command(world):
-    a_token, b_command = world["a1"].token, create_command(world["b1"].device.pk, "theirs")
+# a1 lives on shard_1, a2 on shard_2 beside b1: a lookup that forgot its device filter
+# would still miss across shards, so every cross-device check runs on the same shard too.
+@pytest.mark.parametrize("mine", ["a1", "a2"], ids=["other-shard", "same-shard"])
+def test_a_device_cannot_use_user_endpoints_or_another_devices_command(world, mine):
+    a_token, b_command = world[mine].token, create_command(world["b1"].device.pk, "theirs")
     client = Client()
     assert client.get("/api/v1/devices", **bearer(a_token)).status_code == 401
-    answer = post_json(
+    for status in ("acknowledged", "succeeded", "failed"):
+        answer = post_json(
+            client,
+            f"/api/v1/device/commands/{b_command.pk}/result",
+            {"status": status, "result": {"stolen": True}},
+            **bearer(a_token),
+        )
+        assert answer.status_code == 404, answer.content
+    unchanged = Command.objects.for_device(world["b1"].device).get(pk=b_command.pk)
+    assert (unchanged.status, unchanged.result) == ("queued", None)
+    # Nor is it delivered to the wrong device.
+    polled = client.get("/api/v1/device/commands", **bearer(a_token)).json()["commands"]
+    assert b_command.pk not in [c["id"] for c in polled]
+
+
+@pytest.mark.parametrize("mine", ["a1", "a2"], ids=["other-shard", "same-shard"])
+def test_a_device_cannot_read_another_devices_upload_receipt(world, mine):
+    client = Client()
+    theirs = post_json(
         client,
-        f"/api/v1/device/commands/{b_command.pk}/result",
-        {"status": "succeeded"},
-        **bearer(a_token),
-    )
+        "/api/v1/device/uploads",
+        {
+            "batch_id": "b-1",
+            "readings": [{"ts": "2026-01-01T00:00:00Z", "metric": "t", "value": 1}],
+        },
+        **bearer(world["b1"].token),
+    ).json()["upload_id"]
+    answer = client.get(f"/api/v1/device/uploads/{theirs}", **bearer(world[mine].token))
     assert answer.status_code == 404
-    assert Command.objects.for_device(world["b1"].device).get(pk=b_command.pk).status == "queued"
+    assert (
+        client.get(f"/api/v1/device/uploads/{theirs}", **bearer(world["b1"].token)).status_code
+        == 200
+    )
+
+
+# --- permissions: staff alone grants nothing ----------------------------------------------
+
+
+def device_paths(device_id: int, command_id: int) -> list[tuple[str, str, dict | None]]:
+    return [
+        ("get", f"/api/v1/devices/{device_id}/readings", None),
+        ("get", f"/api/v1/devices/{device_id}/series", None),
+        ("get", f"/api/v1/devices/{device_id}/commands", None),
+        ("post", f"/api/v1/devices/{device_id}/commands", {"name": "x"}),
+        ("post", f"/api/v1/commands/{command_id}/cancel", None),
+    ]
+
+
+def test_staff_without_permissions_see_and_command_nothing(world):
+    bare = make_user("bare", is_staff=True)
+    client = login(bare)
+    assert client.get("/api/v1/devices").json()["count"] == 0
+    device = world["b1"].device
+    command = create_command(device.pk, "theirs")
+    for method, path, body in device_paths(device.pk, command.pk):
+        answer = post_json(client, path, body or {}) if method == "post" else client.get(path)
+        assert answer.status_code == 404, (path, answer.content)
+    assert Command.objects.for_device(device).get(pk=command.pk).status == "queued"
+    assert Command.objects.for_device(device).count() == 1
+
+
+def test_the_view_permission_sees_every_device_but_commands_none(world):
+    viewer = make_user("viewer", "core.view_device")
+    client = login(viewer)
+    assert client.get("/api/v1/devices").json()["count"] == 3
+    device = world["b1"].device
+    command = create_command(device.pk, "theirs")
+    for method, path, body in device_paths(device.pk, command.pk):
+        answer = post_json(client, path, body or {}) if method == "post" else client.get(path)
+        assert answer.status_code == (403 if method == "post" else 200), (path, answer.content)
+    assert Command.objects.for_device(device).get(pk=command.pk).status == "queued"
+
+
+def test_another_users_command_is_answered_as_an_unknown_one(world):
+    theirs = create_command(world["b1"].device.pk, "theirs")  # on shard_2, beside x's a2
+    unknown = theirs.pk + 1_000_000
+    client = login(world["x"])
+    foreign = client.post(f"/api/v1/commands/{theirs.pk}/cancel")
+    missing = client.post(f"/api/v1/commands/{unknown}/cancel")
+    assert (foreign.status_code, foreign.json()) == (missing.status_code, missing.json())
+    assert foreign.status_code == 404
+
+
+def test_commands_keep_working_while_another_shard_is_down(world, dead_shard):
+    mine = world["a1"].device
+    client = login(world["x"])
+    sent = post_json(client, f"/api/v1/devices/{mine.pk}/commands", {"name": "reboot"})
+    assert sent.status_code == 201
+    cancelled = client.post(f"/api/v1/commands/{sent.json()['id']}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    # An id no reachable shard knows may live on the dead one: retry later, not a 404.
+    unknown = client.post(f"/api/v1/commands/{sent.json()['id'] + 1_000_000}/cancel")
+    assert unknown.status_code == 503 and unknown["Retry-After"]
 
 
 def test_openapi_schema_and_docs_are_served(shards):

@@ -15,7 +15,7 @@ from core.models import MoveJob, User
 from shards.alerts import raise_alert
 from shards.commands import create_command
 from shards.models import DeviceStatus, Upload
-from tests.factories import make_device
+from tests.factories import make_device, make_user
 from tests.querylog import QueryLog
 
 
@@ -98,6 +98,9 @@ def test_every_admin_page_needs_a_staff_login(people):
             assert answer.status_code == 302, (page, who)
             assert answer["Location"].startswith("/admin/login/"), page
         assert client_for(people["staff"]).get(page).status_code == 200, page
+        # Staff without permissions get past the login and no further.
+        bare = client_for(make_user("bare-" + str(len(page)) + page[-8:], is_staff=True))
+        assert bare.get(page).status_code == (200 if page == "/admin/" else 403), page
 
 
 def test_every_admin_action_needs_a_staff_login(people):

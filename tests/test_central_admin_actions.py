@@ -10,9 +10,10 @@ from django.test import Client, override_settings
 
 from core.credentials import device_id_for_token
 from core.models import MoveJob, Placement, Rebalance, Shard, User
+from shards.commands import create_command
 from shards.models import Command
 from shards.moves.protocol import start_move
-from tests.factories import make_device
+from tests.factories import make_device, make_user
 from tests.waiting import wait_until
 
 
@@ -77,6 +78,31 @@ def test_commands_are_created_and_cancelled_on_the_shard(staff):
     again = staff.post(f"/admin/core/device/{device.pk}/commands/{command.pk}/cancel/")
     assert again.status_code == 302
     assert any("already cancelled" in m for m in messages_of(again))
+
+
+def test_commands_need_the_command_permission_and_the_form_says_so(shards):
+    device = make_device(shard="shard_2").device
+    queued = create_command(device.pk, "theirs")
+    editor = Client()
+    editor.force_login(make_user("editor", "core.view_device", "core.change_device", is_staff=True))
+    page = editor.get(f"/admin/core/device/{device.pk}/change/").content.decode()
+    assert "Send command" not in page and "/cancel/" not in page
+    assert (
+        editor.post(f"/admin/core/device/{device.pk}/commands/", {"name": "x"}).status_code == 403
+    )
+    cancel = f"/admin/core/device/{device.pk}/commands/{queued.pk}/cancel/"
+    assert editor.post(cancel).status_code == 403
+    assert [c.status for c in Command.objects.for_device(device)] == ["queued"]
+    # The change permission still rotates tokens.
+    assert editor.post(f"/admin/core/device/{device.pk}/rotate/").status_code == 200
+
+
+def test_a_command_of_another_device_on_the_same_shard_is_not_cancelled(staff):
+    mine, theirs = (make_device(shard="shard_1").device for _ in range(2))
+    command = create_command(theirs.pk, "theirs")
+    answer = staff.post(f"/admin/core/device/{mine.pk}/commands/{command.pk}/cancel/")
+    assert any("Not cancelled" in m for m in messages_of(answer))
+    assert Command.objects.for_device(theirs).get(pk=command.pk).status == "queued"
 
 
 def test_a_bad_command_is_refused_and_nothing_is_written(staff):

@@ -7,6 +7,7 @@ from core.models import DeviceAccess
 from shards.alerts import raise_alert
 from shards.models import Alert, Command
 from tests import test_portal_support as support
+from tests.factories import make_user
 from tests.test_portal_support import login, parse_html
 
 world = support.world
@@ -62,10 +63,12 @@ def test_a_device_that_does_not_exist_is_404(world):
         assert call(client, method, path, body).status_code == 404, path
 
 
-def test_an_alert_of_another_device_is_404_even_via_my_device(world):
+# a2 shares shard_2 with b1: a lookup missing its device filter would find the alert there.
+@pytest.mark.parametrize("mine", ["a1", "a2"], ids=["other-shard", "same-shard"])
+def test_an_alert_of_another_device_is_404_even_via_my_device(world, mine):
     """The alert id must belong to the device in the URL, not just to some device."""
     theirs, _ = raise_alert(world["b1"].device.pk, "max:temp", "theirs")
-    answer = login(world["x"]).post(f"/devices/{world['a1'].device.pk}/alerts/{theirs.pk}/ack")
+    answer = login(world["x"]).post(f"/devices/{world[mine].device.pk}/alerts/{theirs.pk}/ack")
     assert answer.status_code == 404
     assert Alert.objects.for_device(world["b1"].device).get().state == "open"
 
@@ -78,6 +81,29 @@ def test_staff_see_every_device_and_its_chart(world):
     assert chart.status_code == 200 and chart["Content-Type"] == "image/svg+xml"
     listed = parse_html(client.get("/devices/").content).find_all("tr", data_device_id=str(theirs))
     assert len(listed) == 1
+
+
+def test_staff_without_permissions_are_404_everywhere_and_change_nothing(world):
+    theirs = world["b1"].device
+    alert, _ = raise_alert(theirs.pk, "max:temp", "their secret alert")
+    client = login(make_user("bare", is_staff=True))
+    for method, path, body in device_urls(theirs.pk, alert.pk):
+        answer = call(client, method, path, body)
+        assert answer.status_code == 404, path
+    assert Command.objects.for_device(theirs).count() == 0
+    assert Alert.objects.for_device(theirs).get().state == "open"
+    assert parse_html(client.get("/devices/").content).find_all("tr", data_device_id=True) == []
+
+
+def test_the_view_permission_shows_every_device_but_commands_none(world):
+    theirs = world["b1"].device
+    client = login(make_user("viewer", "core.view_device"))
+    assert client.get(f"/devices/{theirs.pk}/").status_code == 200
+    assert client.get(f"/devices/{theirs.pk}/export.csv?range=24h").status_code == 200
+    assert client.post(f"/devices/{theirs.pk}/commands", {"name": "reboot"}).status_code == 403
+    assert Command.objects.for_device(theirs).count() == 0
+    page = parse_html(client.get(f"/devices/{theirs.pk}/").content)
+    assert page.find_all("form", id="command-form") == []
 
 
 def test_watching_without_the_right_to_command_is_403_and_hides_the_form(world):

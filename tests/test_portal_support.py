@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from core.models import User
 from shards.models import DeviceStatus, LatestValue, Reading
-from tests.factories import make_device, mark_for_rollup
+from tests.factories import make_device, make_user, mark_for_rollup
 from tests.querylog import QueryLog
 
 
@@ -29,7 +29,8 @@ def world(shards):
     Y owns b1 (shard_2). Every device has an hour of readings ending a minute ago."""
     x = User.objects.create_user("x", password="pw-x")
     y = User.objects.create_user("y", password="pw-y")
-    staff = User.objects.create_user("s", password="pw-s", is_staff=True)
+    # Operators see and command every device by permission; staff alone grants nothing.
+    staff = make_user("s", "core.view_device", "core.command_device", is_staff=True)
     a1 = make_device(shard="shard_1", users=[x], name="Pump A1")
     a2 = make_device(shard="shard_2", users=[x])
     b1 = make_device(shard="shard_2", users=[y], name="Their pump")

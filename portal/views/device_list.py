@@ -5,7 +5,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from api.access import visible_devices
+from core.access import visible_devices
 from shards.overview import DeviceOverview, device_overviews
 
 

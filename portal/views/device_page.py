@@ -7,8 +7,9 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
+from core.access import may_command
 from core.models import Device
-from portal.access import device_or_404, may_command
+from portal.access import device_or_404
 from portal.charts import chart_svg, width_label
 from portal.device_data import recent_alerts, recent_commands
 from portal.forms import CommandForm

@@ -11,7 +11,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
 from django.views.decorators.http import require_GET
 
-from portal.access import device_or_404, may_command
+from core.access import may_command
+from portal.access import device_or_404
 from portal.charts import chart_svg
 from portal.device_data import newest_reading_ts, recent_alerts, recent_commands
 from portal.ranges import BadRange, parse_time
