@@ -20,6 +20,10 @@ def env_bool(name: str, default: bool) -> bool:
     return os.environ.get(name, str(default)).strip().lower() in {"1", "true", "yes", "on"}
 
 
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
 BASE_DIR = local_cluster.REPO_ROOT
 
 DEBUG = env_bool("DJANGO_DEBUG", True)
@@ -190,6 +194,11 @@ DEVICE_OFFLINE_AFTER = int(os.environ.get("DEVICE_OFFLINE_AFTER", "300"))
 # alert), and how long imported raw uploads are kept (their readings stay).
 DEVICE_REPORT_INTERVAL = int(os.environ.get("DEVICE_REPORT_INTERVAL", "300"))
 UPLOAD_RETENTION_DAYS = float(os.environ.get("UPLOAD_RETENTION_DAYS", "7"))
+
+# --- Throttling, lockouts and who may read /readyz (docs/security.md) -------------------
+# Peers whose last X-Forwarded-For entry names the client (HAProxy); core/client_ip.py.
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", "127.0.0.1,::1")
+# --- end of throttling ------------------------------------------------------------------
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
