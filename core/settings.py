@@ -198,6 +198,14 @@ UPLOAD_RETENTION_DAYS = float(os.environ.get("UPLOAD_RETENTION_DAYS", "7"))
 # --- Throttling, lockouts and who may read /readyz (docs/security.md) -------------------
 # Peers whose last X-Forwarded-For entry names the client (HAProxy); core/client_ip.py.
 TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", "127.0.0.1,::1")
+# Rate limits ("N/second|minute|hour|day", "" or "off" for none), counted in Redis and
+# not applied while Redis is down (core/throttle.py).
+# Requests per device, over its token, on every device endpoint.
+DEVICE_RATE_LIMIT = os.environ.get("DEVICE_RATE_LIMIT", "300/minute")
+# Enrolments refused for a wrong provisioning key, per client address.
+ENROLL_FAILURE_LIMIT = os.environ.get("ENROLL_FAILURE_LIMIT", "20/hour")
+# Enrolments per provisioning key: what a leaked key can enrol before it is revoked.
+ENROLL_KEY_RATE_LIMIT = os.environ.get("ENROLL_KEY_RATE_LIMIT", "500/hour")
 # --- end of throttling ------------------------------------------------------------------
 
 AUTH_PASSWORD_VALIDATORS = [
