@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "portal",
     "api",
     "ninja",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -59,6 +60,15 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "core.throttle_login.ClientLoginThrottleMiddleware",
+    # Last, as django-axes asks: turns a lockout into its answer.
+    "axes.middleware.AxesMiddleware",
+]
+
+# django-axes first: it refuses a locked-out login before any password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "core.urls"
@@ -206,6 +216,17 @@ DEVICE_RATE_LIMIT = os.environ.get("DEVICE_RATE_LIMIT", "300/minute")
 ENROLL_FAILURE_LIMIT = os.environ.get("ENROLL_FAILURE_LIMIT", "20/hour")
 # Enrolments per provisioning key: what a leaked key can enrol before it is revoked.
 ENROLL_KEY_RATE_LIMIT = os.environ.get("ENROLL_KEY_RATE_LIMIT", "500/hour")
+# Failed logins per client address across all usernames (password spraying).
+LOGIN_CLIENT_FAILURE_LIMIT = os.environ.get("LOGIN_CLIENT_FAILURE_LIMIT", "50/hour")
+# Login lockout (django-axes) per username and client address, on the portal and the
+# admin: after LOGIN_FAILURE_LIMIT failures that pair waits LOGIN_LOCKOUT_MINUTES.
+AXES_FAILURE_LIMIT = int(os.environ.get("LOGIN_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = timedelta(minutes=float(os.environ.get("LOGIN_LOCKOUT_MINUTES", "15")))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_CLIENT_IP_CALLABLE = "core.client_ip.client_ip"
+AXES_LOCKOUT_CALLABLE = "core.throttle_login.lockout_response"
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False  # no banner on every process start (and every management command)
 # --- end of throttling ------------------------------------------------------------------
 
 AUTH_PASSWORD_VALIDATORS = [
