@@ -208,6 +208,8 @@ UPLOAD_RETENTION_DAYS = float(os.environ.get("UPLOAD_RETENTION_DAYS", "7"))
 # --- Throttling, lockouts and who may read /readyz (docs/security.md) -------------------
 # Peers whose last X-Forwarded-For entry names the client (HAProxy); core/client_ip.py.
 TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", "127.0.0.1,::1")
+# Clients (by that address) that may read /readyz; staff users may read it from anywhere.
+READYZ_ALLOWED_NETWORKS = env_list("READYZ_ALLOWED_NETWORKS", "127.0.0.0/8,::1")
 # Rate limits ("N/second|minute|hour|day", "" or "off" for none), counted in Redis and
 # not applied while Redis is down (core/throttle.py).
 # Requests per device, over its token, on every device endpoint.
