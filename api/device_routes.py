@@ -20,8 +20,10 @@ from api.schemas import (
     UploadIn,
     UploadReceipt,
 )
+from core.client_ip import client_ip
 from core.credentials import device_id_for_token
 from core.provisioning import enroll
+from core.throttle_device import limit_device_requests
 from routers.placement import shard_for_device
 from shards.commands import deliver_pending, report_result
 from shards.ingest import stage_upload
@@ -44,17 +46,20 @@ class DeviceToken(HttpBearer):
             request.device_id = device_id
             # For the request log; a cache hit, and the route's own lookup is another.
             request.shard_alias = shard_for_device(device_id)
+            limit_device_requests(device_id)
         return device_id
 
 
 router = Router(tags=["device"], auth=DeviceToken())
-ERRORS = {400: ErrorOut, 401: ErrorOut, 404: ErrorOut, 409: ErrorOut, 503: ErrorOut}
+ERRORS = {400: ErrorOut, 401: ErrorOut, 404: ErrorOut, 409: ErrorOut, 429: ErrorOut, 503: ErrorOut}
 
 
 @router.post("/enroll", auth=None, response={201: EnrollOut, **ERRORS})
 def enroll_device(request: HttpRequest, payload: EnrollIn):
     """Self-enrolment with the fleet's provisioning key; the token is shown this once."""
-    enrollment = enroll(payload.provisioning_key, payload.serial, payload.name)
+    enrollment = enroll(
+        payload.provisioning_key, payload.serial, payload.name, client=client_ip(request)
+    )
     return Status(201, {"device_id": enrollment.device_id, "token": enrollment.token})
 
 

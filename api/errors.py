@@ -2,6 +2,7 @@
 
 A client's mistake is never a 500. A database that cannot be reached (a shard
 or the directory down) is a 503 with Retry-After, so devices back off and retry.
+A client over a rate limit (core/throttle.py) gets 429 with Retry-After.
 """
 
 import logging
@@ -14,6 +15,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from core.access import CommandNotAllowed, DeviceNotVisible
 from core.provisioning import EnrollmentError
+from core.throttle import Throttled
 from routers.errors import FanOutError, UnknownDevice
 from shards.commands import CommandError
 from shards.fence import DeviceMoved
@@ -65,6 +67,12 @@ def install_error_handlers(api: NinjaAPI) -> None:
     @api.exception_handler(EnrollmentError)
     def enrollment(request: HttpRequest, exc: EnrollmentError) -> HttpResponse:
         return answer(request, exc.status, str(exc))
+
+    @api.exception_handler(Throttled)
+    def throttled(request: HttpRequest, exc: Throttled) -> HttpResponse:
+        response = answer(request, 429, str(exc))
+        response["Retry-After"] = str(exc.retry_after)
+        return response
 
     @api.exception_handler(CommandError)
     def command(request: HttpRequest, exc: CommandError) -> HttpResponse:

@@ -4,19 +4,24 @@
 rotation only when the node itself is broken; a shard that is down must not
 empty the pool. /readyz checks every dependency (directory, cache, broker,
 each shard in parallel) and reports per-part latency as JSON; 503 if any fails.
+That names the shards and their latencies, so /readyz answers only clients on
+READYZ_ALLOWED_NETWORKS (by their address behind HAProxy, core/client_ip.py) and
+logged-in staff; everyone else gets the 404 of a page that does not exist.
 """
 
 import time
 from collections.abc import Callable
 from typing import Any
 
+from django.conf import settings
 from django.core.cache import caches
-from django.db import connections
-from django.http import HttpRequest, JsonResponse
+from django.db import DatabaseError, connections
+from django.http import Http404, HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from core.celery import app as celery_app
+from core.client_ip import address_in, client_ip
 from routers.aliases import DIRECTORY_ALIAS
 from routers.fanout import fan_out
 from routers.registry import serving_shards
@@ -52,9 +57,21 @@ def _broker_round_trip() -> None:
         connection.ensure_connection(max_retries=1, timeout=1)
 
 
+def may_read_readiness(request: HttpRequest) -> bool:
+    """An internal client (by address), or a staff user's session."""
+    if address_in(client_ip(request), settings.READYZ_ALLOWED_NETWORKS):
+        return True
+    try:
+        return request.user.is_active and request.user.is_staff
+    except DatabaseError:  # the directory is down: no session to check
+        return False
+
+
 @never_cache
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
+    if not may_read_readiness(request):
+        raise Http404
     checks: dict[str, Any] = {
         "directory": _timed(lambda: _select_one(DIRECTORY_ALIAS)),
         "cache": _timed(_cache_round_trip),

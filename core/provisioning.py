@@ -13,6 +13,7 @@ from django.db import IntegrityError, transaction
 from core.credentials import issue_token, revoke_tokens, token_digest
 from core.devices import create_device
 from core.models import Device, ProvisioningKey
+from core.throttle_enrolment import count_enrolment, count_wrong_key, refuse_probing_client
 
 
 class EnrollmentError(Exception):
@@ -49,9 +50,13 @@ def provisioning_key_is_valid(key: str) -> bool:
     ).exists()
 
 
-def enroll(provisioning_key: str, serial: str, name: str = "") -> Enrollment:
+def enroll(provisioning_key: str, serial: str, name: str = "", client: str = "") -> Enrollment:
+    """Enrol `serial`; `client` (the caller's address) is throttled on wrong keys."""
+    refuse_probing_client(client)
     if not provisioning_key_is_valid(provisioning_key):
+        count_wrong_key(client)
         raise BadProvisioningKey("the provisioning key is not valid")
+    count_enrolment(token_digest(provisioning_key))
     with transaction.atomic():
         device = Device.objects.select_for_update().filter(serial=serial).first()
         if device is not None:

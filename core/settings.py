@@ -20,6 +20,10 @@ def env_bool(name: str, default: bool) -> bool:
     return os.environ.get(name, str(default)).strip().lower() in {"1", "true", "yes", "on"}
 
 
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
 BASE_DIR = local_cluster.REPO_ROOT
 
 DEBUG = env_bool("DJANGO_DEBUG", True)
@@ -44,6 +48,7 @@ INSTALLED_APPS = [
     "portal",
     "api",
     "ninja",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -55,6 +60,15 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "core.throttle_login.ClientLoginThrottleMiddleware",
+    # Last, as django-axes asks: turns a lockout into its answer.
+    "axes.middleware.AxesMiddleware",
+]
+
+# django-axes first: it refuses a locked-out login before any password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "core.urls"
@@ -197,6 +211,32 @@ DEVICE_OFFLINE_AFTER = int(os.environ.get("DEVICE_OFFLINE_AFTER", "300"))
 # alert), and how long imported raw uploads are kept (their readings stay).
 DEVICE_REPORT_INTERVAL = int(os.environ.get("DEVICE_REPORT_INTERVAL", "300"))
 UPLOAD_RETENTION_DAYS = float(os.environ.get("UPLOAD_RETENTION_DAYS", "7"))
+
+# --- Throttling, lockouts and who may read /readyz (docs/security.md) -------------------
+# Peers whose last X-Forwarded-For entry names the client (HAProxy); core/client_ip.py.
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", "127.0.0.1,::1")
+# Clients (by that address) that may read /readyz; staff users may read it from anywhere.
+READYZ_ALLOWED_NETWORKS = env_list("READYZ_ALLOWED_NETWORKS", "127.0.0.0/8,::1")
+# Rate limits ("N/second|minute|hour|day", "" or "off" for none), counted in Redis and
+# not applied while Redis is down (core/throttle.py).
+# Requests per device, over its token, on every device endpoint.
+DEVICE_RATE_LIMIT = os.environ.get("DEVICE_RATE_LIMIT", "300/minute")
+# Enrolments refused for a wrong provisioning key, per client address.
+ENROLL_FAILURE_LIMIT = os.environ.get("ENROLL_FAILURE_LIMIT", "20/hour")
+# Enrolments per provisioning key: what a leaked key can enrol before it is revoked.
+ENROLL_KEY_RATE_LIMIT = os.environ.get("ENROLL_KEY_RATE_LIMIT", "500/hour")
+# Failed logins per client address across all usernames (password spraying).
+LOGIN_CLIENT_FAILURE_LIMIT = os.environ.get("LOGIN_CLIENT_FAILURE_LIMIT", "50/hour")
+# Login lockout (django-axes) per username and client address, on the portal and the
+# admin: after LOGIN_FAILURE_LIMIT failures that pair waits LOGIN_LOCKOUT_MINUTES.
+AXES_FAILURE_LIMIT = int(os.environ.get("LOGIN_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = timedelta(minutes=float(os.environ.get("LOGIN_LOCKOUT_MINUTES", "15")))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_CLIENT_IP_CALLABLE = "core.client_ip.client_ip"
+AXES_LOCKOUT_CALLABLE = "core.throttle_login.lockout_response"
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False  # no banner on every process start (and every management command)
+# --- end of throttling ------------------------------------------------------------------
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
