@@ -87,8 +87,12 @@ def remember_placement(device: object, alias: str) -> None:
     _local().set(key, alias, settings.PLACEMENT_LOCAL_TTL)
 
 
-def choose_shard_for_new_device() -> str:
-    """The active shard with the fewest devices per unit of weight (one directory query)."""
+def shards_for_new_devices() -> list[str]:
+    """Active shards, fewest devices per unit of weight first (one directory query).
+
+    The first is where a new device goes; the rest are where it goes when the first
+    cannot be reached.
+    """
     from core.models import Shard
 
     candidates = (
@@ -100,4 +104,9 @@ def choose_shard_for_new_device() -> str:
     ranked = sorted(candidates, key=lambda row: (row[1] / row[2], row[0]))
     if not ranked:
         raise UnknownShard("no active shard with a positive weight: register one first")
-    return ranked[0][0]
+    return [alias for alias, _, _ in ranked]
+
+
+def choose_shard_for_new_device() -> str:
+    """The active shard with the fewest devices per unit of weight."""
+    return shards_for_new_devices()[0]

@@ -58,3 +58,28 @@ def test_devices_of_a_stopped_shard_get_503_and_others_202(doomed_shard):
     )
     stored = set(Upload.objects.for_device(victim.device).values_list("batch_id", flat=True))
     assert stored == {"before", "after"}
+
+
+def test_devices_enrol_on_a_reachable_shard_while_the_emptiest_is_down(dead_shard):
+    """shard_dead has no devices, so it is first in line for every new one."""
+    from core.models import Placement
+    from core.provisioning import create_provisioning_key
+    from routers.placement import choose_shard_for_new_device
+
+    make_device(shard="shard_1")
+    make_device(shard="shard_2")
+    assert choose_shard_for_new_device() == dead_shard
+    key = create_provisioning_key("factory")
+    client = Client()
+    for n in range(4):
+        body = {"provisioning_key": key, "serial": f"SN-down-{n}"}
+        answer = post_json(client, "/api/v1/device/enroll", body)
+        assert answer.status_code == 201, answer.content
+        device_id = answer.json()["device_id"]
+        assert Placement.objects.get(device_id=device_id).shard_id in {"shard_1", "shard_2"}
+        upload = {"batch_id": "b", "readings": [reading()]}
+        token = answer.json()["token"]
+        assert (
+            post_json(client, "/api/v1/device/uploads", upload, **bearer(token)).status_code == 202
+        )
+    assert not Placement.objects.filter(shard_id=dead_shard).exists()
