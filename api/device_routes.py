@@ -84,10 +84,13 @@ def upload_receipt(request: HttpRequest, upload_id: int):
     upload = Upload.objects.for_device(request.device_id).filter(pk=upload_id).first()
     if upload is None:
         raise HttpError(404, "no such upload for this device")
+    stored = upload.stored_count
     return {
         "upload_id": upload.pk,
         "status": upload.status,
         "readings": upload.reading_count,
+        "stored": stored,
+        "duplicates": None if stored is None else upload.reading_count - stored,
         "received_at": upload.received_at,
         "imported_at": upload.imported_at,
         "error": upload.error or None,

@@ -9,10 +9,11 @@ import logging
 
 from django.core.exceptions import RequestDataTooBig
 from django.db import InterfaceError, OperationalError
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
+from api.body import UnreadableBody
 from core.access import CommandNotAllowed, DeviceNotVisible
 from core.provisioning import EnrollmentError
 from core.throttle import Throttled
@@ -40,7 +41,7 @@ def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
     errors = []
     for error in exc.errors:
         message = str(error.get("msg", "invalid"))
-        if error.get("type") == "json_invalid" or "JSON" in message:
+        if error.get("type") == "json_invalid":
             message = "the body is not valid JSON"
         errors.append({"field": field_path(error.get("loc", ())), "message": message})
     return errors
@@ -90,9 +91,17 @@ def install_error_handlers(api: NinjaAPI) -> None:
     @api.exception_handler(HttpError)
     def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
         if exc.status_code == 400 and str(exc).startswith("Cannot parse request body"):
-            errors = [{"field": "body", "message": "the body is not valid JSON"}]
-            return answer(request, 400, "invalid request: body: not valid JSON", errors=errors)
+            cause = exc.__cause__
+            message = str(cause) if isinstance(cause, UnreadableBody) else "not valid JSON"
+            errors = [{"field": "body", "message": message}]
+            return answer(request, 400, f"invalid request: body: {message}", errors=errors)
         return answer(request, exc.status_code, str(exc))
+
+    @api.exception_handler(Exception)
+    def internal_error(request: HttpRequest, exc: Exception) -> HttpResponse:
+        """Our fault, not the client's: logged with its traceback, answered without one."""
+        logger.exception("internal error answering %s %s", request.method, request.path)
+        return answer(request, 500, "internal error; it has been logged")
 
     def unavailable(request: HttpRequest, exc: Exception) -> HttpResponse:
         logger.warning("database unavailable for %s: %s", request.path, exc)
@@ -102,3 +111,8 @@ def install_error_handlers(api: NinjaAPI) -> None:
 
     for failure in (OperationalError, InterfaceError, DeviceMoved, FanOutError):
         api.add_exception_handler(failure, unavailable)
+
+
+def unknown_endpoint(request: HttpRequest, rest: str = "") -> HttpResponse:
+    """Any other path under /api/: a JSON 404, never Django's page listing the URLconf."""
+    return JsonResponse({"detail": f"no such API endpoint: {request.path}"}, status=404)

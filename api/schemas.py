@@ -4,7 +4,6 @@ Every request body is validated whole before anything is written: one bad
 reading rejects the batch, and the error names the item and the field.
 """
 
-import json
 import math
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -20,34 +19,22 @@ from pydantic import (
     field_validator,
 )
 
+from core.json_values import check_json_value
+
 EARLIEST_READING = datetime(2000, 1, 1, tzinfo=UTC)
-MAX_JSON_BYTES = 16 * 1024
 
 
-def without_nul(value: Any) -> Any:
-    """PostgreSQL stores no NUL character in text or jsonb; refuse it here, not with a 500."""
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, str) and "\x00" in item:
-            raise ValueError("text must not contain NUL (\\u0000) characters")
-        if isinstance(item, dict):
-            pending.extend(item.keys())
-            pending.extend(item.values())
-        elif isinstance(item, list):
-            pending.extend(item)
+def without_nul(value: str) -> str:
+    """PostgreSQL stores no NUL character in text; refuse it here, not with a 500."""
+    if "\x00" in value:
+        raise ValueError("text must not contain NUL (\\u0000) characters")
     return value
 
 
-def small_json(value: Any) -> Any:
-    if len(json.dumps(value)) > MAX_JSON_BYTES:
-        raise ValueError(f"must be at most {MAX_JSON_BYTES} bytes as JSON")
-    return without_nul(value)
-
-
 Text = Annotated[str, AfterValidator(without_nul)]
-JsonObject = Annotated[dict[str, Any], AfterValidator(small_json)]
-JsonValue = Annotated[Any, AfterValidator(small_json)]
+# Command args and results: size, depth and characters checked by core.json_values.
+JsonObject = Annotated[dict[str, Any], AfterValidator(check_json_value)]
+JsonValue = Annotated[Any, AfterValidator(check_json_value)]
 
 MetricName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$")]
 BatchId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[!-~]+$")]
@@ -127,7 +114,15 @@ class UploadAccepted(Schema):
 class UploadReceipt(Schema):
     upload_id: int
     status: str
-    readings: int
+    readings: int = Field(description="Readings received in the batch.")
+    stored: int | None = Field(
+        default=None, description="Readings the import stored (null until imported)."
+    )
+    duplicates: int | None = Field(
+        default=None,
+        description="Readings dropped as duplicates: the same metric and time earlier in the"
+        " batch, or already stored by an earlier batch (null until imported).",
+    )
     received_at: datetime
     imported_at: datetime | None = None
     error: str | None = None

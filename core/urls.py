@@ -1,8 +1,9 @@
 """URL map: health probes, the admin, session login, the versioned API and the portal."""
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 
+from api.errors import unknown_endpoint
 from api.v1 import api
 from core.health import healthz, readyz
 
@@ -14,5 +15,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     path("api/v1/", api.urls),
+    re_path(r"^api/(?P<rest>.*)$", unknown_endpoint),
     path("", include("portal.urls")),
 ]

@@ -1,18 +1,14 @@
 """The command form of the portal and the admin: the JSON API's rules, with messages for people."""
 
-import json
 from typing import Any
 
 from django import forms
 from django.core.validators import RegexValidator
 
-from api.schemas import COMMAND_MAX_EXPIRY, COMMAND_NAME_PATTERN, MAX_JSON_BYTES, small_json
+from api.schemas import COMMAND_MAX_EXPIRY, COMMAND_NAME_PATTERN
+from core.json_values import parse_json_text
 from shards.commands import create_command
 from shards.models import Command
-
-
-def _no_constants(name: str) -> None:
-    raise ValueError(f"{name} is not a number JSON allows")
 
 
 class CommandForm(forms.Form):
@@ -41,12 +37,10 @@ class CommandForm(forms.Form):
         text = self.cleaned_data["args"].strip()
         if not text:
             return {}
-        if len(text.encode()) > MAX_JSON_BYTES:
-            raise forms.ValidationError(f"Arguments may be at most {MAX_JSON_BYTES} bytes.")
         try:
-            value = small_json(json.loads(text, parse_constant=_no_constants))
+            value = parse_json_text(text)
         except ValueError as exc:
-            raise forms.ValidationError(f"Arguments are not valid JSON: {exc}.") from None
+            raise forms.ValidationError(f"Arguments {exc}.") from None
         if not isinstance(value, dict):
             raise forms.ValidationError('Arguments must be a JSON object, like {"delay": 5}.')
         return value

@@ -46,7 +46,9 @@ PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 
 # cast raises DataError/IntegrityError, which marks the upload failed.
 # readings: ORDER BY makes concurrent imports of one device take index locks in the
 # same order (they wait instead of deadlocking), and the first of two readings with
-# the same (metric, ts) in a batch wins; latest picks that same reading.
+# the same (metric, ts) in a batch wins, as does one stored by an earlier batch; how
+# many were stored goes on the upload (the receipt's `stored` and `duplicates`).
+# latest picks that same reading.
 # latest: only a newer reading replaces the stored one; a late, older batch leaves it.
 # pending: the minutes the batch touches, for the rollup step. DO UPDATE (not DO
 # NOTHING) so this transaction holds each mark locked until it commits: the rollup
@@ -66,6 +68,7 @@ IMPORT_UPLOAD = f"""
         SELECT %(device_id)s, metric, ts, value FROM batch
         ORDER BY metric, ts, position
         ON CONFLICT (device_id, metric, ts) DO NOTHING
+        RETURNING 1
     ), latest AS (
         INSERT INTO {LATEST_TABLE} (device_id, metric, ts, value, updated_at)
         SELECT DISTINCT ON (metric) %(device_id)s, metric, ts, value, now() FROM batch
@@ -88,7 +91,9 @@ IMPORT_UPLOAD = f"""
                 last_upload_id = excluded.last_upload_id,
                 updated_at = excluded.updated_at
     )
-    UPDATE {UPLOAD_TABLE} SET status = %(imported)s, error = '', imported_at = now()
+    UPDATE {UPLOAD_TABLE}
+    SET status = %(imported)s, error = '', imported_at = now(),
+        stored_count = (SELECT count(*) FROM readings)
     WHERE id = %(upload_id)s
 """
 

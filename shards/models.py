@@ -63,6 +63,12 @@ class Upload(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.STAGED)
     payload = models.JSONField(help_text="The readings exactly as accepted.")
     reading_count = models.PositiveIntegerField()
+    stored_count = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Readings the import stored; the rest were duplicates (same metric and time"
+        " earlier in the batch, or already stored). Empty until imported.",
+    )
     error = models.TextField(blank=True)
     received_at = models.DateTimeField(auto_now_add=True)
     imported_at = models.DateTimeField(null=True, blank=True)

@@ -151,6 +151,35 @@ def test_receipt_shows_status_and_belongs_to_its_device_only(client, shards):
     )
 
 
+def test_the_receipt_says_what_was_stored_and_what_was_a_duplicate(client, shards):
+    """The first reading of a (metric, ts) wins: earlier in the batch, or an earlier batch."""
+    from shards.ingest import import_upload_now
+    from shards.models import Reading
+
+    device = make_device(shard="shard_2")
+    t0, t1, t2 = "2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z", "2026-01-01T00:00:02Z"
+
+    def upload_and_import(batch_id: str, readings: list[dict]) -> dict:
+        body = {"batch_id": batch_id, "readings": readings}
+        upload_id = post_json(
+            client, "/api/v1/device/uploads", body, **bearer(device.token)
+        ).json()["upload_id"]
+        staged = client.get(f"/api/v1/device/uploads/{upload_id}", **bearer(device.token))
+        if staged.json()["status"] == "staged":
+            assert staged.json()["stored"] is None and staged.json()["duplicates"] is None
+        import_upload_now(device.device.pk, upload_id)
+        return client.get(f"/api/v1/device/uploads/{upload_id}", **bearer(device.token)).json()
+
+    first = upload_and_import(
+        "a", [reading(t0, value=1.0), reading(t0, value=2.0), reading(t1, value=3.0)]
+    )
+    assert (first["readings"], first["stored"], first["duplicates"]) == (3, 2, 1)
+    second = upload_and_import("b", [reading(t0, value=9.0), reading(t2, value=4.0)])
+    assert (second["readings"], second["stored"], second["duplicates"]) == (2, 1, 1)
+    stored = dict(Reading.objects.for_device(device.device).values_list("value", "ts"))
+    assert sorted(stored) == [1.0, 3.0, 4.0]
+
+
 @pytest.mark.parametrize(
     "token",
     ["", "garbage", "1.nope", "999999999.abc", "x" * 300],

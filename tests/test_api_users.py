@@ -32,6 +32,11 @@ def world(shards):
     return {"x": x, "y": y, "staff": staff, "a1": a1, "a2": a2, "b1": b1}
 
 
+def cancel(client: Client, command_id: int):
+    """POST /commands/{id}/cancel as API clients send it: no body."""
+    return client.generic("POST", f"/api/v1/commands/{command_id}/cancel")
+
+
 def login(user: User) -> Client:
     client = Client()
     client.force_login(user)
@@ -95,9 +100,9 @@ def test_send_list_and_cancel_a_command(world):
     assert Command.objects.for_device(device).get(pk=command_id).created_by_id == world["x"].pk
     listed = client.get(f"/api/v1/devices/{device.pk}/commands").json()["commands"]
     assert [c["id"] for c in listed] == [command_id]
-    cancelled = client.post(f"/api/v1/commands/{command_id}/cancel")
+    cancelled = cancel(client, command_id)
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
-    assert client.post(f"/api/v1/commands/{command_id}/cancel").status_code == 409
+    assert cancel(client, command_id).status_code == 409
     assert (
         client.get("/api/v1/device/commands", **bearer(world["a2"].token)).json()["commands"] == []
     )
@@ -250,8 +255,8 @@ def test_another_users_command_is_answered_as_an_unknown_one(world):
     theirs = create_command(world["b1"].device.pk, "theirs")  # on shard_2, beside x's a2
     unknown = theirs.pk + 1_000_000
     client = login(world["x"])
-    foreign = client.post(f"/api/v1/commands/{theirs.pk}/cancel")
-    missing = client.post(f"/api/v1/commands/{unknown}/cancel")
+    foreign = cancel(client, theirs.pk)
+    missing = cancel(client, unknown)
     assert (foreign.status_code, foreign.json()) == (missing.status_code, missing.json())
     assert foreign.status_code == 404
 
@@ -261,10 +266,10 @@ def test_commands_keep_working_while_another_shard_is_down(world, dead_shard):
     client = login(world["x"])
     sent = post_json(client, f"/api/v1/devices/{mine.pk}/commands", {"name": "reboot"})
     assert sent.status_code == 201
-    cancelled = client.post(f"/api/v1/commands/{sent.json()['id']}/cancel")
+    cancelled = cancel(client, sent.json()["id"])
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
     # An id no reachable shard knows may live on the dead one: retry later, not a 404.
-    unknown = client.post(f"/api/v1/commands/{sent.json()['id'] + 1_000_000}/cancel")
+    unknown = cancel(client, sent.json()["id"] + 1_000_000)
     assert unknown.status_code == 503 and unknown["Retry-After"]
 
 
