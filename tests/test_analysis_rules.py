@@ -7,7 +7,6 @@ from datetime import timedelta
 
 import pytest
 from django.db import connections
-
 from django.utils import timezone
 
 from core.models import AlertRule
@@ -47,7 +46,7 @@ def test_thresholds_open_once_and_clear_when_back_in_range(shards):
 
     humid = bucket(device, 0, 50, metric="humidity")  # its rule is disabled
     quiet = evaluate_rules("shard_1", [bucket(device, 0, 20, 25), humid])
-    assert quiet == {"buckets": 2, "rules": 2, "opened": 0, "cleared": 0}
+    assert quiet == {"buckets": 2, "rules": 2, "opened": 0, "cleared": 0, "devices_failed": 0}
     assert alerts("shard_1", device) == []
 
     assert evaluate_rules("shard_1", [bucket(device, 1, 20, 35)])["opened"] == 1
@@ -104,7 +103,7 @@ def test_zscore_alerts_on_an_outlier_after_a_steady_window_not_on_steady_data(sh
     steady_history(device, 60)
 
     steady = evaluate_rules("shard_1", [bucket(device, 60, 20.3, 19.8, 20.1, 19.6)])
-    assert steady == {"buckets": 1, "rules": 1, "opened": 0, "cleared": 0}
+    assert steady == {"buckets": 1, "rules": 1, "opened": 0, "cleared": 0, "devices_failed": 0}
     assert alerts("shard_1", device) == []
 
     outlier = bucket(device, 61, 26, 27, 26.5)

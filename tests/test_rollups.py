@@ -358,7 +358,7 @@ def test_huge_values_of_both_signs_roll_up_and_chart_without_overflow(shards):
         minute: HUGE,
         minute + timedelta(minutes=1): pytest.approx(HUGE / 3, rel=1e-12),
         minute + timedelta(minutes=2): DBL_MAX,  # never past the largest float
-        minute + timedelta(minutes=3): pytest.approx(-2 * DBL_MAX / 3, rel=1e-12),
+        minute + timedelta(minutes=3): pytest.approx(-DBL_MAX / 3 * 2, rel=1e-12),
     }
     assert means == expected
     for granularity in WIDTHS:
