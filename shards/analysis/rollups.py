@@ -16,6 +16,11 @@ Work is fenced: marks of a device a move holds (or is copying) stay for a later
 run on whichever shard owns the device then; they travel with its rows. Batches
 on one shard take turns (a transaction-level advisory lock): two at once could
 each recompute an hour from minutes the other had not committed yet.
+
+Sums are numeric (shards.analysis.aggregates): any finite float is a legal
+reading, and float8 sums of huge ones overflow. A batch that fails in the
+database anyway is rolled back and split by device until the failing device is
+found; it keeps its marks for the next run, and the others are rolled up.
 """
 
 import logging
