@@ -14,6 +14,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from core.models import Device
+from portal.numbers import format_value
 from shards.overview import DeviceOverview, device_overviews
 
 OVERVIEW_ATTR = "_fleet_overview"
@@ -84,7 +85,7 @@ def latest_column(device: Device) -> str:
     return format_html_join(
         ", ",
         "{}={}",
-        ((metric, f"{r['value']:g}") for metric, r in sorted(overview.latest.items())),
+        ((metric, format_value(r["value"])) for metric, r in sorted(overview.latest.items())),
     )
 
 

@@ -6,29 +6,64 @@ text, so the same markup works inline on the device page and as an <img>.
 """
 
 import math
+import sys
 from datetime import datetime, timedelta
 
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
+from portal.numbers import SIGNIFICANT_DIGITS, format_value
 from shards.series import Bucket, Series
 
 WIDTH = 900
 PANEL_HEIGHT = 150
-LEFT, RIGHT, TOP, BOTTOM = 60, 16, 24, 22
+LEFT, RIGHT, TOP, BOTTOM = 76, 16, 24, 22  # room for a tick label such as -8.99e+307
 COLOURS = ["#2563eb", "#d9480f", "#2b8a3e", "#9c36b5", "#0b7285", "#c2255c"]
 # A hole of more than this many buckets breaks the line instead of bridging it.
 GAP_BUCKETS = 3
+LARGEST = sys.float_info.max
 
 
-def _number(value: float) -> str:
-    return f"{value:.4g}"
+def y_range(buckets: list[Bucket]) -> tuple[float, float]:
+    """The y-axis: the buckets' range with 5% to spare each side, within the float range.
+
+    Any finite float is a legal reading, so the span of 1.7e308 and -1.7e308 is past
+    the float range itself: spans are taken as halves, and bounds stop at the largest
+    float.
+    """
+    low = min(b.min for b in buckets)
+    high = max(b.max for b in buckets)
+    if high - low < 1e-9:  # flat: a band around it, wide enough to tell at its magnitude
+        margin = max(1.0, abs(low) / 20)
+        low, high = low - margin, high + margin
+    else:
+        pad = (high / 2 - low / 2) / 10
+        low, high = low - pad, high + pad
+    return max(low, -LARGEST), min(high, LARGEST)
 
 
-def _tick_format(step: float) -> str:
-    """Enough decimals to tell ticks `step` apart, and no more."""
-    decimals = max(0, -math.floor(math.log10(step))) if step > 0 else 0
-    return f"{{:.{min(decimals + 1, 6)}f}}" if step < 1 else "{:.0f}" if step >= 5 else "{:.1f}"
+def between(low: float, high: float, fraction: float) -> float:
+    """The point `fraction` of the way from low to high, with no overflow on the way."""
+    return low * (1 - fraction) + high * fraction
+
+
+def tick_digits(low: float, high: float) -> int:
+    """Significant digits that tell the axis's five ticks apart, and no more; whole
+    numbers are written out while they have at most six digits."""
+    step, magnitude = high / 4 - low / 4, max(abs(low), abs(high))
+    if step <= 0 or magnitude == 0:
+        return 2
+    order = math.floor(math.log10(magnitude))
+    digits = max(2, order - math.floor(math.log10(step)) + 2)
+    if digits <= order + 1 <= SIGNIFICANT_DIGITS:
+        digits = order + 1
+    return min(digits, SIGNIFICANT_DIGITS)
+
+
+def drawable(bucket: Bucket) -> bool:
+    """False for a NaN or infinity: the API never takes one, but a row written by hand may
+    hold it, and one such coordinate breaks the whole SVG."""
+    return all(math.isfinite(v) for v in (bucket.min, bucket.max, bucket.mean))
 
 
 def width_label(width: timedelta) -> str:
@@ -58,12 +93,8 @@ def _runs(buckets: list[Bucket], width: timedelta) -> list[list[Bucket]]:
 def _panel(series: Series, metric: str, buckets: list[Bucket], top: int, colour: str) -> str:
     plot_w = WIDTH - LEFT - RIGHT
     plot_h = PANEL_HEIGHT - TOP - BOTTOM
-    low = min(b.min for b in buckets)
-    high = max(b.max for b in buckets)
-    if high - low < 1e-9:
-        low, high = low - 1, high + 1
-    pad = (high - low) * 0.05
-    low, high = low - pad, high + pad
+    low, high = y_range(buckets)
+    half_height = high / 2 - low / 2
     span = series.end - series.start
 
     def x(bucket: Bucket) -> float:
@@ -71,21 +102,21 @@ def _panel(series: Series, metric: str, buckets: list[Bucket], top: int, colour:
         return LEFT + plot_w * ((middle - series.start) / span)
 
     def y(value: float) -> float:
-        return top + TOP + plot_h * (1 - (value - low) / (high - low))
+        return top + TOP + plot_h * (1 - (value / 2 - low / 2) / half_height)
 
     parts = [
         f'<rect x="{LEFT}" y="{top + TOP}" width="{plot_w}" height="{plot_h}" class="plot"/>',
         f'<text x="{LEFT}" y="{top + TOP - 8}" class="metric">{escape(metric)}'
-        f'<tspan class="now"> {_number(buckets[-1].mean)}</tspan></text>',
+        f'<tspan class="now"> {format_value(buckets[-1].mean)}</tspan></text>',
     ]
-    tick = _tick_format((high - low) / 4)
+    digits = tick_digits(low, high)
     for step in range(5):
-        value = low + (high - low) * step / 4
+        value = between(low, high, step / 4)
         parts.append(
             f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{y(value):.1f}" y2="{y(value):.1f}"'
             ' class="grid"/>'
             f'<text x="{LEFT - 6}" y="{y(value) + 4:.1f}" class="tick" text-anchor="end">'
-            f"{tick.format(value)}</text>"
+            f"{format_value(value, digits)}</text>"
         )
     for fraction, anchor in ((0, "start"), (0.5, "middle"), (1, "end")):
         label = _time_label(series.start + span * fraction, span)
@@ -119,11 +150,14 @@ STYLE = (
 
 def chart_svg(series: Series) -> SafeString:
     """The whole chart as one <svg> element."""
-    metrics = sorted(series.metrics)
+    drawn = {
+        metric: [b for b in buckets if drawable(b)] for metric, buckets in series.metrics.items()
+    }
+    metrics = sorted(metric for metric, buckets in drawn.items() if buckets)
     height = PANEL_HEIGHT * max(1, len(metrics))
     label = f"Readings from {series.start:%Y-%m-%d %H:%M} to {series.end:%Y-%m-%d %H:%M} UTC"
     body = [
-        _panel(series, metric, series.metrics[metric], i * PANEL_HEIGHT, COLOURS[i % len(COLOURS)])
+        _panel(series, metric, drawn[metric], i * PANEL_HEIGHT, COLOURS[i % len(COLOURS)])
         for i, metric in enumerate(metrics)
     ]
     if not metrics:

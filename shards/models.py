@@ -5,9 +5,12 @@ Every query goes through `for_device()` or `on_shard()` (routers.managers);
 anything else raises. Rows a client sees have cluster-wide ids (shards.ids).
 """
 
+from decimal import Decimal
+
 from django.db import models
 
 from routers.managers import ShardManager
+from shards.analysis.aggregates import bucket_mean
 from shards.ids import ClusterIdField, ClusterIdManager
 
 
@@ -246,11 +249,29 @@ class RollupPending(models.Model):
         return f"{self.device_id} {self.metric}@{self.minute:%Y-%m-%dT%H:%M} pending"
 
 
+class NumericField(models.Field):
+    """PostgreSQL numeric with no precision or scale: exact, and no range to leave.
+
+    Django's DecimalField insists on max_digits and decimal_places, and a fixed
+    scale would round small sums away.
+    """
+
+    description = "Arbitrary-precision number (PostgreSQL numeric)"
+
+    def db_type(self, connection) -> str:
+        return "numeric"
+
+    def to_python(self, value: object) -> Decimal | None:
+        return None if value is None else Decimal(value)
+
+
 class ReadingRollup(models.Model):
     """Count, min, max and sum of one device's metric over one UTC minute, hour or day.
 
-    Minutes come from raw readings, hours from minutes, days from hours; the mean is
-    sum / count. Rollups outlive the raw readings that retention deletes.
+    Minutes come from raw readings, hours from minutes, days from hours. The sum is
+    numeric: any finite float is a legal reading, and two of 1.7e308 already sum
+    past the float8 range. The mean is sum / count, kept within min and max
+    (shards.analysis.aggregates). Rollups outlive the raw readings that retention deletes.
     """
 
     class Granularity(models.TextChoices):
@@ -263,10 +284,10 @@ class ReadingRollup(models.Model):
     metric = models.CharField(max_length=64)
     granularity = models.CharField(max_length=8, choices=Granularity.choices)
     bucket = models.DateTimeField(help_text="Where the bucket starts (UTC).")
-    count = models.PositiveIntegerField()
+    count = models.PositiveBigIntegerField()
     min = models.FloatField()
     max = models.FloatField()
-    sum = models.FloatField()
+    sum = NumericField()
     last_ts = models.DateTimeField(help_text="The newest reading in the bucket.")
 
     objects = ShardManager()
@@ -276,7 +297,7 @@ class ReadingRollup(models.Model):
 
     @property
     def mean(self) -> float:
-        return self.sum / self.count
+        return bucket_mean(self.sum, self.count, self.min, self.max)
 
 
 class RawRetention(models.Model):

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from django.db import connections
 
 from routers.placement import device_id_of, shard_for_device
+from shards.analysis.aggregates import bucket_mean, safe_sum
 from shards.analysis.buckets import BUCKET_ORIGIN
 from shards.models import RawRetention, Reading, ReadingRollup, RollupPending
 
@@ -89,8 +90,8 @@ SELECT (SELECT min(minute) FROM {RollupPending._meta.db_table} WHERE device_id =
 SERIES_SQL = f"""
 WITH parts AS (
     SELECT date_bin(%(width)s::interval, ts, %(origin)s) AS bucket, metric,
-           min(value) AS low, max(value) AS high, sum(value) AS total, count(*) AS n,
-           max(ts) AS newest
+           min(value) AS low, max(value) AS high, {safe_sum("value")} AS total,
+           count(*) AS n, max(ts) AS newest
       FROM {Reading._meta.db_table}
      WHERE device_id = %(device)s AND ts >= %(start)s AND ts < %(end)s
        AND (ts < %(rollups_from)s OR ts >= %(rollups_to)s OR ts < %(raw_since)s)
@@ -103,8 +104,7 @@ WITH parts AS (
        AND bucket >= %(rollups_from)s AND bucket < %(rollups_to)s
      GROUP BY 1, 2
 )
-SELECT bucket, metric, min(low), max(high), sum(total) / sum(n)::float8, sum(n)::bigint,
-       max(newest)
+SELECT bucket, metric, min(low), max(high), sum(total), sum(n)::bigint, max(newest)
   FROM parts
  GROUP BY bucket, metric
  ORDER BY metric, bucket
@@ -184,7 +184,8 @@ def device_series(device: object, start: datetime, end: datetime) -> Series:
             )
         cursor.execute(SERIES_SQL, params)
         rows = cursor.fetchall()
-    for bucket, metric, low, high, mean, count, newest in rows:
+    for bucket, metric, low, high, total, count, newest in rows:
+        mean = bucket_mean(total, count, low, high)
         series.metrics.setdefault(metric, []).append(Bucket(bucket, low, high, mean, count))
         if series.latest_ts is None or newest > series.latest_ts:
             series.latest_ts = newest

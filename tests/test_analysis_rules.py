@@ -1,8 +1,12 @@
 """Anomaly rules on a real shard: the buckets are handed in as the rollup step hands them."""
 
+import logging
 import math
+from collections.abc import Iterator
 from datetime import timedelta
 
+import pytest
+from django.db import connections
 from django.utils import timezone
 
 from core.models import AlertRule
@@ -42,7 +46,7 @@ def test_thresholds_open_once_and_clear_when_back_in_range(shards):
 
     humid = bucket(device, 0, 50, metric="humidity")  # its rule is disabled
     quiet = evaluate_rules("shard_1", [bucket(device, 0, 20, 25), humid])
-    assert quiet == {"buckets": 2, "rules": 2, "opened": 0, "cleared": 0}
+    assert quiet == {"buckets": 2, "rules": 2, "opened": 0, "cleared": 0, "devices_failed": 0}
     assert alerts("shard_1", device) == []
 
     assert evaluate_rules("shard_1", [bucket(device, 1, 20, 35)])["opened"] == 1
@@ -99,7 +103,7 @@ def test_zscore_alerts_on_an_outlier_after_a_steady_window_not_on_steady_data(sh
     steady_history(device, 60)
 
     steady = evaluate_rules("shard_1", [bucket(device, 60, 20.3, 19.8, 20.1, 19.6)])
-    assert steady == {"buckets": 1, "rules": 1, "opened": 0, "cleared": 0}
+    assert steady == {"buckets": 1, "rules": 1, "opened": 0, "cleared": 0, "devices_failed": 0}
     assert alerts("shard_1", device) == []
 
     outlier = bucket(device, 61, 26, 27, 26.5)
@@ -155,3 +159,66 @@ def test_a_run_judges_the_minutes_its_rollup_step_recomputed(shards):
     report("cool", timedelta(minutes=1, seconds=5), 20.0)
     assert analyse_shard("shard_2")["rules"]["cleared"] == 1
     assert alerts("shard_2", device) == [("max:temp", State.CLEARED)]
+
+
+def test_zscore_over_huge_values_of_both_signs(shards):
+    """Squares of 1e200 overflowed float8 in the window's variance: the step failed."""
+    device = make_device(shard="shard_1").device.pk
+    rule(device, Kind.ZSCORE, 3, window_minutes=30)
+    Reading.objects.on_shard("shard_1").bulk_create(
+        Reading(device_id=device, metric="temp", ts=T0 + timedelta(minutes=i), value=v)
+        for i, v in enumerate([1e200, -1e200] * 6)  # mean 0, sample deviation ~1.04e200
+    )
+
+    quiet = evaluate_rules("shard_1", [bucket(device, 12, 1e200, -1e200, 1.5e200)])
+    assert (quiet["rules"], quiet["opened"]) == (1, 0)  # mean 5e199: z ~0.48
+    assert evaluate_rules("shard_1", [bucket(device, 13, 1.7e308, 1.7e308)])["opened"] == 1
+    (alert,) = Alert.objects.on_shard("shard_1").filter(device_id=device)
+    assert alert.value == 1.7e308
+    assert "averaged 1.7e+308" in alert.message and "the mean 0 of" in alert.message
+    assert "1.63e+108 standard deviations" in alert.message  # readable, not 109 digits
+
+
+def test_z_score_of_values_whose_difference_overflows():
+    assert z_score(1.7e308, -1.7e308, 1.7e308) == pytest.approx(2.0)
+    assert z_score(-1.7e308, 1.7e308, 0.0) == math.inf
+
+
+POISON_ALERTS = """
+    CREATE FUNCTION test_poison_alerts() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.device_id = {device} THEN
+            RAISE EXCEPTION 'poisoned alert of device %', NEW.device_id;
+        END IF;
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER test_poison_alerts BEFORE INSERT ON shards_alert
+        FOR EACH ROW EXECUTE FUNCTION test_poison_alerts();
+"""
+
+
+@pytest.fixture
+def alert_poisoned(shards) -> Iterator[int]:
+    """A device on shard_1 whose alerts cannot be written: any database error in its part."""
+    device = make_device(shard="shard_1").device.pk
+    with connections["shard_1"].cursor() as cursor:
+        cursor.execute(POISON_ALERTS.format(device=device))
+    try:
+        yield device
+    finally:
+        with connections["shard_1"].cursor() as cursor:
+            cursor.execute("DROP FUNCTION IF EXISTS test_poison_alerts() CASCADE")
+
+
+def test_a_device_whose_rules_fail_stops_no_other_device(alert_poisoned, caplog):
+    other = make_device(shard="shard_1").device.pk
+    for device in (alert_poisoned, other):  # the failing device's rule comes first
+        rule(device, Kind.MAX, 30)
+
+    counts = evaluate_rules("shard_1", [bucket(alert_poisoned, 0, 40), bucket(other, 0, 45)])
+
+    assert counts["opened"] == 1 and counts["devices_failed"] == 1
+    assert alerts("shard_1", other) == [("max:temp", State.OPEN)]
+    assert alerts("shard_1", alert_poisoned) == []
+    (said,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert f"device {alert_poisoned}" in said and "poisoned alert" in said

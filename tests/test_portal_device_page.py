@@ -3,18 +3,21 @@
 import csv
 import io
 import json
+import re
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connections
 from django.http import StreamingHttpResponse
 
+from portal.charts import chart_svg
 from shards.alerts import raise_alert
 from shards.analysis.rollups import roll_up_shard
-from shards.models import Alert, Command, DeviceFence, Reading
-from shards.series import MAX_POINTS, bucket_width, device_series
+from shards.models import Alert, Command, DeviceFence, LatestValue, Reading
+from shards.series import MAX_POINTS, Bucket, Series, bucket_width, device_series
 from tests import test_portal_support as support
-from tests.factories import T0
+from tests.factories import T0, mark_for_rollup
 from tests.test_portal_support import add_readings, login, parse_html
 
 world = support.world
@@ -250,3 +253,68 @@ def test_acknowledging_an_alert(world):
     )
     assert entry.one(class_="state").text.strip() == "acknowledged"
     assert entry.find_all("form", class_="ack") == []
+
+
+HUGE = 1.7e308
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[+-]?\d+)?")
+
+
+def drawn_numbers(svg: str) -> list[float]:
+    """Every number in the chart's coordinates: must be finite and on the canvas."""
+    chart = parse_html(svg)
+    found = []
+    for tag in ("polyline", "polygon", "line", "text", "circle", "rect"):
+        for element in chart.find_all(tag):
+            for name in ("points", "x", "y", "x1", "x2", "y1", "y2", "cx", "cy"):
+                found += [float(n) for n in NUMBER.findall(element.attrs.get(name, ""))]
+    return found
+
+
+def tick_labels(svg: str) -> list[str]:
+    return [t.text for t in parse_html(svg).find_all("text", class_="tick")]
+
+
+@pytest.mark.parametrize("range_", ["1h", "24h"])  # buckets from raw readings; from rollups
+def test_huge_readings_of_both_signs_are_drawn_and_shown_readably(world, range_):
+    device = world["a1"].device
+    at = world["now"] - timedelta(minutes=30, seconds=30)
+    Reading.objects.for_device(device).bulk_create(
+        Reading(device_id=device.pk, metric="temp", ts=at + timedelta(seconds=s), value=v)
+        for s, v in [(1, HUGE), (2, HUGE), (3, -HUGE), (62, HUGE), (63, HUGE)]
+    )
+    mark_for_rollup(device.pk)
+    LatestValue.objects.for_device(device).filter(device_id=device.pk, metric="temp").update(
+        value=HUGE
+    )
+    roll_up_shard("shard_1")
+    client = login(world["x"])
+
+    page = client.get(f"/devices/{device.pk}/", {"range": range_})
+    svg = client.get(f"/devices/{device.pk}/chart.svg", {"range": range_})
+    live = client.get(f"/devices/{device.pk}/live", {"range": range_})
+
+    assert (page.status_code, svg.status_code, live.status_code) == (200, 200, 200)
+    shown = parse_html(page.content).one("dd", data_metric="temp").text.strip()
+    assert shown == "1.7e+308"
+    body = json.loads(live.content, parse_constant=lambda name: pytest.fail(name))
+    for drawing in (svg.content.decode(), body["chart_svg"]):
+        numbers = drawn_numbers(drawing)
+        assert numbers and all(-10 <= n <= 2000 for n in numbers)
+        assert "nan" not in drawing and "inf" not in drawing
+        labels = tick_labels(drawing)
+        assert labels and max(len(label) for label in labels) <= 12, labels
+    assert {"-1.8e+308", "0", "1.8e+308"} <= set(tick_labels(svg.content.decode()))
+
+
+def test_a_flat_series_of_the_largest_float_is_drawn():
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    top = sys.float_info.max
+    series = Series(start=start, end=start + timedelta(hours=1), width=timedelta(seconds=10))
+    series.metrics["temp"] = [
+        Bucket(start + timedelta(minutes=m), top, top, top, 1) for m in (1, 2)
+    ]
+    series.metrics["rpm"] = [Bucket(start, -top, top, 0.0, 2)]
+    drawing = str(chart_svg(series))
+    numbers = drawn_numbers(drawing)
+    assert numbers and all(-10 <= n <= 2000 for n in numbers)
+    assert max(len(label) for label in tick_labels(drawing)) <= 12

@@ -65,3 +65,16 @@ def test_two_hundred_devices_on_three_shards_cost_one_query_per_shard(three_shar
     # Session, user, then devices with their placement in one join (and at most a
     # registry refresh): constant, however many devices there are.
     assert log.count("default") <= 5, log["default"]
+
+
+def test_huge_latest_values_are_shown_compactly(world):
+    """1.7e308 is a legal reading: the list used to print all 309 of its digits."""
+    device = world["a1"].device
+    latest = LatestValue.objects.for_device(device).filter(device_id=device.pk)
+    latest.filter(metric="temp").update(value=1.7e308)
+    latest.filter(metric="humidity").update(value=-1.2345678901e-300)
+    answer = login(world["x"]).get("/devices/")
+    assert answer.status_code == 200
+    cell = rows_of(answer.content)[str(device.pk)].one("td", class_="latest")
+    shown = [" ".join(value.text.split()) for value in cell.find_all("span", class_="value")]
+    assert shown == ["humidity -1.23457e-300", "temp 1.7e+308"]

@@ -6,19 +6,26 @@ aggregate computed by different SQL (epoch arithmetic, not date_bin) over the ra
 readings, or over what the test knows it sent where retention deleted them.
 """
 
+import json
+import logging
+import math
+import sys
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 from django.db import connections, transaction
 from django.test import Client
 from django.utils import timezone
 
-from core.models import Device, User
+from core.models import AlertRule, Device, User
 from shards.analysis.retention import delete_old_readings
-from shards.analysis.rollups import roll_up_shard
+from shards.analysis.rollups import BATCH_SIZE, roll_up_shard
+from shards.analysis.run import analyse_shard
 from shards.ingest import _import_on_shard, import_upload_now, stage_upload
-from shards.models import DeviceFence, RawRetention, Reading, ReadingRollup, RollupPending
+from shards.models import Alert, DeviceFence, RawRetention, Reading, ReadingRollup, RollupPending
 from shards.moves.protocol import move_device
 from shards.series import device_series
 from tests.factories import make_device
@@ -75,7 +82,7 @@ def stored(alias: str, device_id: int, granularity: str) -> list[Row]:
         .order_by("metric", "bucket")
         .values_list("metric", "bucket", "count", "min", "max", "sum")
     )
-    return [tuple(row) for row in rows]
+    return [(*row[:-1], float(row[-1])) for row in rows]  # sums to compare with float8 sums
 
 
 def assert_rollups_equal_raw(alias: str, device_id: int) -> None:
@@ -299,3 +306,177 @@ def test_the_api_reads_a_month_from_rollups_after_retention_took_the_raw_reading
         backwards.json().get("errors")
     )
     assert "at most 366 days" in too_long.json()["detail"]
+
+
+# --- values at the edge of float8 ---------------------------------------------------------
+
+HUGE = 1.7e308  # legal: any finite float is
+DBL_MAX = sys.float_info.max
+
+
+def exact_sums(alias: str, device_id: int, granularity: str) -> list[Decimal]:
+    """The stored sums beside the same sums in numeric by other SQL (epoch arithmetic)."""
+    width = WIDTHS[granularity]
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT sum(value::numeric) FROM shards_reading WHERE device_id = %s
+             GROUP BY to_timestamp(floor(extract(epoch FROM ts) / %s) * %s) ORDER BY 1
+            """,
+            [device_id, width, width],
+        )
+        return sorted(row[0] for row in cursor)
+
+
+def stored_sums(alias: str, device_id: int, granularity: str) -> list[Decimal]:
+    rollups = ReadingRollup.objects.on_shard(alias).filter(
+        device_id=device_id, granularity=granularity
+    )
+    return sorted(Decimal(total) for total in rollups.values_list("sum", flat=True))
+
+
+def test_huge_values_of_both_signs_roll_up_and_chart_without_overflow(shards):
+    """Two legal 1.7e308 in one minute used to overflow the float8 sum: every rollup of
+    the shard failed from then on, and the device's series answered 500."""
+    owner = User.objects.create_user("o", password="pw")
+    device = make_device(shard="shard_1", users=[owner]).device
+    calm = make_device(shard="shard_1").device.pk
+    minute = minute_of(START)
+    values = [(1, HUGE), (2, HUGE), (61, HUGE), (62, -HUGE), (63, HUGE), (121, DBL_MAX)]
+    values += [(122, DBL_MAX), (181, -DBL_MAX), (182, 2.5), (183, -DBL_MAX)]
+    send(device.pk, "huge", [("temp", minute + timedelta(seconds=s), v) for s, v in values])
+    send(calm, "calm", irregular(START, 600, 7))
+    start, end = minute - timedelta(hours=3), minute + timedelta(hours=3)  # 1-minute buckets
+
+    raw = device_series(device, start, end)
+    result = roll_up_shard("shard_1")
+
+    assert not result.devices_failed
+    assert_rollups_equal_raw("shard_1", calm)
+    means = {b.start: b.mean for b in result.changed if b.device_id == device.pk}
+    expected = {
+        minute: HUGE,
+        minute + timedelta(minutes=1): pytest.approx(HUGE / 3, rel=1e-12),
+        minute + timedelta(minutes=2): DBL_MAX,  # never past the largest float
+        minute + timedelta(minutes=3): pytest.approx(-DBL_MAX / 3 * 2, rel=1e-12),
+    }
+    assert means == expected
+    for granularity in WIDTHS:
+        assert stored_sums("shard_1", device.pk, granularity) == exact_sums(
+            "shard_1", device.pk, granularity
+        )
+    assert stored("shard_1", device.pk, "hour")[0][2:5] == (10, -DBL_MAX, DBL_MAX)
+    hour_mean = ReadingRollup.objects.on_shard("shard_1").get(
+        device_id=device.pk, granularity="hour"
+    )
+    assert math.isfinite(hour_mean.mean) and -DBL_MAX <= hour_mean.mean <= DBL_MAX
+
+    # The series gives the same finite buckets from raw readings and from rollups.
+    rolled = device_series(device, start, end)
+    for series in (raw, rolled):
+        buckets = series.metrics["temp"]
+        assert series.width == timedelta(minutes=1)
+        assert {b.start: b.mean for b in buckets} == expected
+        assert [b.count for b in buckets] == [2, 3, 2, 3]
+
+    # The API carries them as plain JSON numbers.
+    client = Client()
+    client.force_login(owner)
+    answer = client.get(
+        f"/api/v1/devices/{device.pk}/series", {"start": start.isoformat(), "end": end.isoformat()}
+    )
+    assert answer.status_code == 200, answer.content
+    body = json.loads(answer.content, parse_constant=lambda name: pytest.fail(name))
+    assert [b["max"] for b in body["metrics"]["temp"]] == [HUGE, HUGE, DBL_MAX, 2.5]
+    assert body["metrics"]["temp"][2]["mean"] == DBL_MAX
+
+
+# --- one device's failure is its own ------------------------------------------------------
+
+POISON = """
+    CREATE FUNCTION test_poison_rollups() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.device_id = {device} THEN
+            RAISE EXCEPTION 'poisoned rollup row of device %', NEW.device_id;
+        END IF;
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER test_poison_rollups BEFORE INSERT OR UPDATE ON shards_readingrollup
+        FOR EACH ROW EXECUTE FUNCTION test_poison_rollups();
+"""
+CURE = "DROP FUNCTION IF EXISTS test_poison_rollups() CASCADE"
+
+
+@pytest.fixture
+def poisoned(shards) -> Iterator[int]:
+    """A device on shard_1 whose every rollup write fails in the database: a stand-in
+    for any database error in that device's part of the run."""
+    device = make_device(shard="shard_1").device.pk
+    with connections["shard_1"].cursor() as cursor:
+        cursor.execute(POISON.format(device=device))
+    try:
+        yield device
+    finally:
+        with connections["shard_1"].cursor() as cursor:
+            cursor.execute(CURE)
+
+
+def cure() -> None:
+    with connections["shard_1"].cursor() as cursor:
+        cursor.execute(CURE)
+
+
+@pytest.mark.parametrize("batch_size", [BATCH_SIZE, 4])
+def test_a_device_whose_rollups_fail_keeps_its_marks_and_holds_up_no_other(
+    poisoned, batch_size, caplog
+):
+    healthy = [make_device(shard="shard_1").device.pk for _ in range(6)]
+    devices = sorted([poisoned, *healthy])
+    for device in devices:
+        send(device, "a", irregular(minute_of(START), 300, 10))  # five minutes each
+    caplog.set_level(logging.INFO, logger="shards.analysis.rollups")
+
+    for attempt in (1, 2):  # it fails again on the next run, and says so again
+        caplog.clear()
+        result = roll_up_shard("shard_1", batch_size=batch_size)
+
+        assert list(result.devices_failed) == [poisoned]
+        assert "poisoned rollup row" in result.devices_failed[poisoned]
+        assert {b.device_id for b in result.changed} == (set(healthy) if attempt == 1 else set())
+        for device in healthy:
+            assert pending("shard_1", device) == 0
+            assert_rollups_equal_raw("shard_1", device)
+        assert pending("shard_1", poisoned) == 5  # kept for a later run
+        assert stored("shard_1", poisoned, "minute") == []
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1
+        said = errors[0].getMessage()
+        assert f"device {poisoned}" in said and "poisoned rollup row" in said
+        assert "5 marks kept" in said and "pending since" in said
+
+    cure()
+    healed = roll_up_shard("shard_1", batch_size=batch_size)
+    assert not healed.devices_failed
+    assert {b.device_id for b in healed.changed} == {poisoned}
+    assert pending("shard_1", poisoned) == 0
+    assert_rollups_equal_raw("shard_1", poisoned)
+
+
+def test_the_run_judges_the_other_devices_and_reports_the_failing_one(poisoned):
+    other = make_device(shard="shard_1").device.pk
+    for device in (poisoned, other):
+        AlertRule.objects.create(device_id=device, metric="temp", kind="max", threshold=0)
+        send(device, "a", irregular(minute_of(START), 120, 10))
+
+    summary = analyse_shard("shard_1")
+
+    assert summary["rollups"]["devices_failed"] == 1
+    assert summary["rules"]["opened"] == 1
+    opened = Alert.objects.on_shard("shard_1").values_list("device_id", "condition")
+    assert list(opened) == [(other, "max:temp")]
+    assert f"device {poisoned}" in summary["errors"]["rollups"]
+    assert "poisoned rollup row" in summary["errors"]["rollups"]
+    cure()
+    again = analyse_shard("shard_1")
+    assert "errors" not in again, again
+    assert again["rules"]["opened"] == 1 and pending("shard_1", poisoned) == 0

@@ -2,6 +2,9 @@
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
+
+from shards.analysis.aggregates import bucket_mean
 
 # Every bucket (rollups, pending marks, chart buckets) is date_bin()ned on this origin,
 # so minutes, hours and days are UTC ones whatever the session's time zone, and a
@@ -19,8 +22,8 @@ class MinuteBucket:
     count: int
     min: float
     max: float
-    sum: float
+    sum: Decimal | float  # numeric in the rollups: exact, and it cannot overflow
 
     @property
     def mean(self) -> float:
-        return self.sum / self.count
+        return bucket_mean(self.sum, self.count, self.min, self.max)

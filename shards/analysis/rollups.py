@@ -16,14 +16,21 @@ Work is fenced: marks of a device a move holds (or is copying) stay for a later
 run on whichever shard owns the device then; they travel with its rows. Batches
 on one shard take turns (a transaction-level advisory lock): two at once could
 each recompute an hour from minutes the other had not committed yet.
+
+Sums are numeric (shards.analysis.aggregates): any finite float is a legal
+reading, and float8 sums of huge ones overflow. A batch that fails in the
+database anyway is rolled back and split by device until the failing device is
+found; it keeps its marks for the next run, and the others are rolled up.
 """
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from django.db import connections, transaction
+from django.db import DatabaseError, connections, transaction
 
+from shards.analysis.aggregates import safe_sum
 from shards.analysis.buckets import BUCKET_ORIGIN, MinuteBucket
 from shards.fence import lock_owned_devices
 from shards.models import DeviceFence, RawRetention, Reading, ReadingRollup, RollupPending
@@ -75,7 +82,7 @@ RECOMPUTE_MINUTES = f"""
         FROM claimed c
         CROSS JOIN LATERAL (
             SELECT count(*) AS n, min(r.value) AS low, max(r.value) AS high,
-                   sum(r.value) AS total, max(r.ts) AS newest
+                   {safe_sum("r.value")} AS total, max(r.ts) AS newest
             FROM {READINGS} r
             WHERE r.device_id = c.device_id AND r.metric = c.metric
               AND r.ts >= c.minute AND r.ts < c.minute + interval '1 minute'
@@ -108,8 +115,8 @@ MERGE_LATE_MINUTES = f"""
         RETURNING r.device_id, r.metric, r.ts, r.value
     ), added AS (
         SELECT device_id, metric, date_bin('1 minute', ts, %(origin)s) AS minute,
-               count(*) AS n, min(value) AS low, max(value) AS high, sum(value) AS total,
-               max(ts) AS newest
+               count(*) AS n, min(value) AS low, max(value) AS high,
+               {safe_sum("value")} AS total, max(ts) AS newest
         FROM late GROUP BY 1, 2, 3
     )
     INSERT INTO {ROLLUPS} ({ROLLUP_COLUMNS})
@@ -167,6 +174,8 @@ class RollupResult:
     hours: int = 0
     days: int = 0
     devices_skipped: set[int] = field(default_factory=set)
+    # Devices whose rollups failed in the database, with the reason; marks kept.
+    devices_failed: dict[int, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -176,7 +185,18 @@ class RollupResult:
             "hours": self.hours,
             "days": self.days,
             "devices_skipped": len(self.devices_skipped),
+            "devices_failed": len(self.devices_failed),
         }
+
+
+class BatchFailed(Exception):
+    """Recomputing a batch's minutes failed in the database; its transaction (marks
+    included) was rolled back. `devices`: the devices it had claimed marks of."""
+
+    def __init__(self, devices: list[int], cause: DatabaseError) -> None:
+        first_line = (str(cause).strip().splitlines() or [""])[0]
+        super().__init__(f"{type(cause).__name__}: {first_line}")
+        self.devices = devices
 
 
 def _columns(keys: list[Key]) -> dict[str, list]:
@@ -229,6 +249,25 @@ def _drop_orphan_marks(cursor, device_ids: set[int]) -> set[int]:
     return orphans
 
 
+def _recompute(
+    cursor, claimed: list[Key], retention: dict[int, object]
+) -> tuple[list[MinuteBucket], list[Key], list[Key]]:
+    """The claimed minutes, their hours and those hours' days; what changed of each."""
+    late: list[Key] = []
+    whole: list[Key] = []
+    for device_id, metric, minute in claimed:
+        raw_gone = device_id in retention and minute < retention[device_id]
+        (late if raw_gone else whole).append((device_id, metric, minute))
+    minutes = _upsert_minutes(cursor, RECOMPUTE_MINUTES, whole)
+    minutes += _upsert_minutes(cursor, MERGE_LATE_MINUTES, late)
+    hour_keys = [(b.device_id, b.metric, b.start) for b in minutes]
+    hours = _recompute_coarser(
+        cursor, Granularity.MINUTE, Granularity.HOUR, timedelta(hours=1), hour_keys
+    )
+    days = _recompute_coarser(cursor, Granularity.HOUR, Granularity.DAY, timedelta(days=1), hours)
+    return minutes, hours, days
+
+
 def _roll_up_batch(
     alias: str, result: RollupResult, limit: int, device_ids: list[int] | None
 ) -> int:
@@ -237,7 +276,7 @@ def _roll_up_batch(
         cursor.execute("SELECT pg_advisory_xact_lock(%s, 0)", [ROLLUP_LOCK_NAMESPACE])
         only = "" if device_ids is None else " WHERE device_id = ANY(%s)"
         cursor.execute(f"SELECT DISTINCT device_id FROM {PENDING}{only}", [device_ids])
-        marked = [row[0] for row in cursor.fetchall()]
+        marked = [row[0] for row in cursor.fetchall() if row[0] not in result.devices_failed]
         if not marked:
             return 0
         # deleting: claiming deletes marks (and may delete late raw readings), which a
@@ -257,20 +296,10 @@ def _roll_up_batch(
             .filter(device_id__in={device_id for device_id, _, _ in claimed})
             .values_list("device_id", "raw_since")
         )
-        late: list[Key] = []
-        whole: list[Key] = []
-        for device_id, metric, minute in claimed:
-            raw_gone = device_id in retention and minute < retention[device_id]
-            (late if raw_gone else whole).append((device_id, metric, minute))
-        minutes = _upsert_minutes(cursor, RECOMPUTE_MINUTES, whole)
-        minutes += _upsert_minutes(cursor, MERGE_LATE_MINUTES, late)
-        hour_keys = [(b.device_id, b.metric, b.start) for b in minutes]
-        hours = _recompute_coarser(
-            cursor, Granularity.MINUTE, Granularity.HOUR, timedelta(hours=1), hour_keys
-        )
-        days = _recompute_coarser(
-            cursor, Granularity.HOUR, Granularity.DAY, timedelta(days=1), hours
-        )
+        try:
+            minutes, hours, days = _recompute(cursor, claimed, retention)
+        except DatabaseError as exc:  # leaving the block rolls the claim back too
+            raise BatchFailed(sorted({device_id for device_id, _, _ in claimed}), exc) from exc
     result.claimed += len(claimed)
     result.changed += minutes
     result.readings += sum(bucket.count for bucket in minutes)
@@ -290,12 +319,54 @@ def roll_up_shard(
     until none are left to claim.
 
     Returns every minute bucket that is new or changed (for the alert rules); a
-    second call with no new readings returns none.
+    second call with no new readings returns none. A device whose rollups fail in
+    the database keeps its marks and is named in `devices_failed`; the others are
+    rolled up all the same.
     """
     result = RollupResult()
-    for _ in range(max_batches):
-        if _roll_up_batch(alias, result, batch_size, device_ids) < batch_size:
-            break
-    if result.claimed:
+    _drain(alias, result, device_ids, batch_size, iter(range(max_batches)))
+    if result.claimed or result.devices_failed:
         logger.info("rollups on %s: %s", alias, result.as_dict())
     return result
+
+
+def _drain(
+    alias: str,
+    result: RollupResult,
+    device_ids: list[int] | None,
+    batch_size: int,
+    batches: Iterator[int],
+) -> None:
+    """Batches of the marks of `device_ids` (None: all) until one comes back short, or
+    the run's batches are used up. A failed batch is split until the failing devices
+    are found: a few more transactions for one bad device, not one per device."""
+    for _ in batches:
+        try:
+            if _roll_up_batch(alias, result, batch_size, device_ids) < batch_size:
+                return
+        except BatchFailed as failure:
+            if len(failure.devices) == 1:
+                _keep_for_later(alias, result, failure.devices[0], str(failure))
+                continue
+            half = len(failure.devices) // 2
+            for part in (failure.devices[:half], failure.devices[half:]):
+                _drain(alias, result, part, batch_size, batches)
+
+
+def _keep_for_later(alias: str, result: RollupResult, device_id: int, reason: str) -> None:
+    """Name a device whose rollups failed: its marks stay, so the next run tries again,
+    and every run that fails on it says so, with how long its marks have waited."""
+    result.devices_failed[device_id] = reason
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            f"SELECT count(*), min(marked_at) FROM {PENDING} WHERE device_id = %s", [device_id]
+        )
+        marks, since = cursor.fetchone()
+    logger.error(
+        "rollups of device %s on %s failed, %s marks kept for the next run (pending since %s): %s",
+        device_id,
+        alias,
+        marks,
+        f"{since:%Y-%m-%d %H:%M:%S} UTC" if since else "-",
+        reason,
+    )

@@ -16,26 +16,34 @@ is older than the device's newest reading (a late reading for a past minute
 says nothing about now).
 """
 
+import logging
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 
 from django.db import connections
 
 from core.models import AlertRule
 from shards.alerts import UNRESOLVED, clear_alert, raise_alert
+from shards.analysis.aggregates import Moments, combine, safe_moments
 from shards.analysis.buckets import MinuteBucket
 from shards.models import Alert, LatestValue, Reading
 
+logger = logging.getLogger(__name__)
+
 ZSCORE_MIN_SAMPLES = 10
+# A flat history: a value this close to its mean (relative, or absolute near zero) is no change.
+SAME, SAME_NEAR_ZERO = Decimal("1e-9"), Decimal("1e-12")
 Kind = AlertRule.Kind
 SeriesKey = tuple[int, str]  # (device_id, metric)
 
-# Mean, deviation and count of the raw readings before each bucket, for all in one query.
+# Mean, deviation and count of the raw readings before each bucket, for all in one
+# query; huge readings apart, in numeric, so the squares cannot overflow.
 WINDOW_STATS = f"""
-    SELECT k.i, count(r.value), avg(r.value), stddev_samp(r.value)
+    SELECT k.i, {safe_moments("r.value")}
     FROM unnest(%s::bigint[], %s::text[], %s::timestamptz[], %s::int[])
         WITH ORDINALITY AS k(device_id, metric, start, window_minutes, i)
     LEFT JOIN {Reading._meta.db_table} AS r
@@ -43,13 +51,6 @@ WINDOW_STATS = f"""
         AND r.ts >= k.start - make_interval(mins => k.window_minutes) AND r.ts < k.start
     GROUP BY k.i
 """
-
-
-@dataclass(frozen=True)
-class WindowStats:
-    count: int
-    mean: float | None
-    stddev: float | None
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class Verdict:
     message: str
 
 
-def judge(rule: AlertRule, bucket: MinuteBucket, window: WindowStats | None) -> Verdict | None:
+def judge(rule: AlertRule, bucket: MinuteBucket, window: Moments | None) -> Verdict | None:
     """The rule's verdict on the bucket, or None if it cannot be judged (too little history)."""
     at = f"in the minute from {bucket.start:%Y-%m-%d %H:%M} UTC"
     if rule.kind == Kind.MIN:
@@ -75,25 +76,30 @@ def judge(rule: AlertRule, bucket: MinuteBucket, window: WindowStats | None) -> 
         return Verdict(bucket.start, value > rule.threshold, value, message)
     if window is None or window.count < ZSCORE_MIN_SAMPLES or window.mean is None:
         return None
-    z = z_score(bucket.mean, window.mean, window.stddev or 0.0)
+    z = z_score(bucket.mean, window.mean, window.stddev or 0)
     message = (
-        f"{rule.metric} averaged {bucket.mean:g} {at}: {z:.1f} standard deviations from"
-        f" the mean {window.mean:g} of the {rule.window_minutes} minutes before"
+        f"{rule.metric} averaged {bucket.mean:g} {at}: {z:.3g} standard deviations from"
+        f" the mean {float(window.mean):g} of the {rule.window_minutes} minutes before"
     )
     return Verdict(bucket.start, z > rule.threshold, bucket.mean, message)
 
 
-def z_score(value: float, mean: float, stddev: float) -> float:
-    """|value - mean| in standard deviations; a flat history makes any change infinite."""
-    distance = abs(value - mean)
+def z_score(value: float, mean: Decimal | float, stddev: Decimal | float) -> float:
+    """|value - mean| in standard deviations; a flat history makes any change infinite.
+
+    In Decimal: the distance between readings of both signs near the float8
+    maximum is past it, and so may the deviation be.
+    """
+    distance = abs(Decimal(value) - Decimal(mean))
     if stddev > 0:
-        return distance / stddev
-    return 0.0 if math.isclose(value, mean, rel_tol=1e-9, abs_tol=1e-12) else math.inf
+        return float(distance / Decimal(stddev))
+    scale = max(abs(Decimal(value)), abs(Decimal(mean)))
+    return 0.0 if distance <= max(SAME * scale, SAME_NEAR_ZERO) else math.inf
 
 
 def window_stats(
     alias: str, pairs: Iterable[tuple[AlertRule, MinuteBucket]]
-) -> dict[tuple[int, str, datetime], WindowStats]:
+) -> dict[tuple[int, str, datetime], Moments]:
     """Trailing-window statistics for each (zscore rule, bucket), in one query on the shard."""
     keys = [(b.device_id, b.metric, b.start, rule.window_minutes) for rule, b in pairs]
     if not keys:
@@ -102,7 +108,7 @@ def window_stats(
     with connections[alias].cursor() as cursor:
         cursor.execute(WINDOW_STATS, columns)
         rows = cursor.fetchall()
-    return {keys[i - 1][:3]: WindowStats(count, mean, stddev) for i, count, mean, stddev in rows}
+    return {keys[row[0] - 1][:3]: combine(row[1:4], row[4:7]) for row in rows}
 
 
 def newest_minutes(alias: str, device_ids: list[int]) -> dict[SeriesKey, datetime]:
@@ -126,25 +132,27 @@ def evaluate_rules(alias: str, buckets: list[MinuteBucket]) -> dict[str, int]:
     Rules come from the directory in one query; window statistics, newest
     readings and open alerts from the shard in one query each. Alert writes go
     through the device's fence (shards.alerts), so they follow a device that moved.
+    A device whose rules fail (its alert writes, say) is logged with the reason and
+    counted in `devices_failed`; the other devices are judged all the same.
     """
-    counts = {"buckets": len(buckets), "rules": 0, "opened": 0, "cleared": 0}
+    counts = {"buckets": len(buckets), "rules": 0, "opened": 0, "cleared": 0, "devices_failed": 0}
     series: dict[SeriesKey, list[MinuteBucket]] = defaultdict(list)
     for bucket in sorted(buckets, key=lambda b: b.start):
         series[(bucket.device_id, bucket.metric)].append(bucket)
     device_ids = sorted({device_id for device_id, _ in series})
     if not device_ids:
         return counts
-    rules = [
-        rule
-        for rule in AlertRule.objects.filter(device_id__in=device_ids, enabled=True)
-        if (rule.device_id, rule.metric) in series
-    ]
-    if not rules:
+    rules_of: dict[int, list[AlertRule]] = defaultdict(list)
+    for rule in AlertRule.objects.filter(device_id__in=device_ids, enabled=True):
+        if (rule.device_id, rule.metric) in series:
+            rules_of[rule.device_id].append(rule)
+    if not rules_of:
         return counts
     stats = window_stats(
         alias,
         [
             (rule, bucket)
+            for rules in rules_of.values()
             for rule in rules
             if rule.kind == Kind.ZSCORE
             for bucket in series[(rule.device_id, rule.metric)]
@@ -152,31 +160,51 @@ def evaluate_rules(alias: str, buckets: list[MinuteBucket]) -> dict[str, int]:
     )
     newest = newest_minutes(alias, device_ids)
     unresolved = unresolved_conditions(alias, device_ids)
-    for rule in rules:
-        key = (rule.device_id, rule.metric)
-        verdicts = [
-            verdict
-            for bucket in series[key]
-            if (verdict := judge(rule, bucket, stats.get((*key, bucket.start)))) is not None
-        ]
-        if not verdicts:
-            continue
-        counts["rules"] += 1
-        is_open = (rule.device_id, rule.condition) in unresolved
-        breaches = [verdict for verdict in verdicts if verdict.breached]
-        if breaches and not is_open:
-            latest = breaches[-1]  # the most recent breach describes the condition best
-            _, opened = raise_alert(
-                rule.device_id,
-                rule.condition,
-                latest.message,
-                severity=rule.severity,
-                metric=rule.metric,
-                value=latest.value,
+    for device_id, rules in rules_of.items():
+        try:
+            for rule in rules:
+                key = (rule.device_id, rule.metric)
+                verdicts = [
+                    verdict
+                    for bucket in series[key]
+                    if (verdict := judge(rule, bucket, stats.get((*key, bucket.start)))) is not None
+                ]
+                is_open = (rule.device_id, rule.condition) in unresolved
+                for outcome, done in apply_verdicts(rule, verdicts, is_open, newest.get(key)):
+                    counts[outcome] += done
+        except Exception as exc:  # one device's failure must not stop the others
+            counts["devices_failed"] += 1
+            logger.error(
+                "rules of device %s on %s failed, its minutes stay unjudged: %s",
+                device_id,
+                alias,
+                (str(exc).strip().splitlines() or [type(exc).__name__])[0],
+                exc_info=True,
             )
-            counts["opened"] += opened
-            is_open = True
-        last = verdicts[-1]
-        if is_open and not last.breached and last.start >= newest.get(key, last.start):
-            counts["cleared"] += clear_alert(rule.device_id, rule.condition)
     return counts
+
+
+def apply_verdicts(
+    rule: AlertRule, verdicts: list[Verdict], is_open: bool, newest: datetime | None
+) -> Iterator[tuple[str, int]]:
+    """Raise the rule's alert on a breach, clear it when the newest minute is back in
+    range; yields what it did as ("rules" | "opened" | "cleared", how many)."""
+    if not verdicts:
+        return
+    yield "rules", 1
+    breaches = [verdict for verdict in verdicts if verdict.breached]
+    if breaches and not is_open:
+        latest = breaches[-1]  # the most recent breach describes the condition best
+        _, opened = raise_alert(
+            rule.device_id,
+            rule.condition,
+            latest.message,
+            severity=rule.severity,
+            metric=rule.metric,
+            value=latest.value,
+        )
+        yield "opened", int(opened)
+        is_open = True
+    last = verdicts[-1]
+    if is_open and not last.breached and last.start >= (newest or last.start):
+        yield "cleared", clear_alert(rule.device_id, rule.condition)

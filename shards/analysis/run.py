@@ -6,7 +6,8 @@ step works in short transactions of its own and takes the fences of the devices
 it touches through lock_owned_devices, so a device a move holds is skipped and
 done by a later run on whichever shard owns it then: its pending rollups and
 last-seen time travel with it. A step that fails is logged and does not stop
-the others.
+the others; within the rollups and the rules, a device that fails is logged and
+reported and does not stop the other devices.
 """
 
 import logging
@@ -69,7 +70,14 @@ def analyse_shard(alias: str) -> dict[str, Any]:
         rollups: RollupResult | None = step("rollups", lambda: roll_up_shard(alias))
         changed: list[MinuteBucket] = rollups.changed if rollups else []
         summary["rollups"] = rollups.as_dict() if rollups else None
-        summary["rules"] = step("rules", lambda: evaluate_rules(alias, changed))
+        if rollups and rollups.devices_failed:
+            errors["rollups"] = "; ".join(
+                f"device {device_id}: {reason} (its marks are kept for the next run)"
+                for device_id, reason in sorted(rollups.devices_failed.items())
+            )
+        summary["rules"] = rules = step("rules", lambda: evaluate_rules(alias, changed))
+        if rules and rules["devices_failed"]:
+            errors["rules"] = f"{rules['devices_failed']} device(s) failed; the log says why"
         summary["offline"] = step("offline", lambda: detect_offline(alias))
         summary["expiry"] = {"expired": step("expiry", lambda: expire_commands(alias))}
         summary["retention"] = {
