@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("shards", "0006_mark_existing_readings"),
+        ("shards", "0007_rollup_sums_numeric"),
     ]
 
     operations = [
