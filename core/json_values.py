@@ -48,6 +48,6 @@ def parse_json_text(text: str) -> Any:
         value = json.loads(text, parse_constant=_no_constants)
     except RecursionError:
         raise ValueError(f"must be nested at most {MAX_JSON_DEPTH} levels deep") from None
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, or NaN/Infinity refused above
         raise ValueError(f"not valid JSON: {exc}") from None
     return check_json_value(value)
