@@ -27,6 +27,8 @@ from core import local_cluster as lc
 
 EXIT_NOT_ALL_UP = 3
 STATS_USER = "fleet"
+# The key of clusters seeded before `up` generated one (their tokens are digested with it).
+LEGACY_SECRET_KEY = "local-cluster-only-not-a-secret"
 # HAProxy needs `rise` passing checks (2 x 500 ms) to put a fresh node in rotation.
 ALL_UP_TIMEOUT = 30.0
 SIMULATED_BATCHES = 3
@@ -160,6 +162,11 @@ def up() -> int:
     data["shards"] = shard_endpoints()
     data["redis"] = redis.url()
     data.setdefault("admin_user", None)
+    if not data.get("secret_key"):
+        # Token digests are keyed with it: a cluster seeded before keys were generated
+        # keeps the fixed key it was seeded with, so its demo tokens keep working.
+        seeded_before = data.get("admin_user") is not None
+        data["secret_key"] = LEGACY_SECRET_KEY if seeded_before else secrets.token_urlsafe(50)
     for key in ("admin_password", "web_password"):
         if not data.get(key):
             data[key] = secrets.token_urlsafe(12)

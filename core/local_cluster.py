@@ -45,12 +45,23 @@ def redis_url(db: int = 0) -> str:
     return f"redis://{HOST}:{REDIS_PORT}/{db}"
 
 
-def haproxy_stats_login() -> tuple[str, str]:
-    """The stats page's login that `up` generated (var/cluster.json), or empty strings."""
+def _state() -> dict:
+    """What `up` wrote to var/cluster.json, or {} before the first `up`."""
     import json
 
     try:
         data = json.loads((VAR_DIR / "cluster.json").read_text())
     except (OSError, ValueError):
-        return "", ""
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def haproxy_stats_login() -> tuple[str, str]:
+    """The stats page's login that `up` generated, or empty strings."""
+    data = _state()
     return data.get("stats_user") or "", data.get("stats_password") or ""
+
+
+def secret_key() -> str:
+    """The Django secret key `up` generated for this cluster, or '' before the first `up`."""
+    return _state().get("secret_key") or ""

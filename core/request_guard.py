@@ -5,9 +5,10 @@
 - A Content-Length that is not a number is 400 (Django's size check would crash on it).
 - A body sent to the API is JSON in UTF-8 (RFC 8259), declared as application/json:
   anything else is 415, never guessed at (api.body reads the bytes themselves).
-- A NUL character in the path, the query string or a form field is 400: PostgreSQL
-  stores no NUL in text, and every view would otherwise have to catch what its
-  database driver raises for one (the admin's search box, a filter, a move form...).
+- A NUL character in the path, the query string, a header or a form field is 400:
+  PostgreSQL stores no NUL in text, and every view would otherwise have to catch what
+  its database driver raises for one (the admin's search box, a filter, a move form,
+  the login lockout's record of the client's headers...).
 
 API paths answer JSON `{"detail": ...}` like every other API error; pages answer text.
 """
@@ -53,6 +54,8 @@ def problem_of(request: HttpRequest) -> tuple[int, str] | None:
         return 400, "Content-Length must be a whole number of bytes"
     if "\x00" in request.path or _has_nul(request.GET.lists()):
         return 400, "the URL must not contain NUL (\\u0000) characters"
+    if any("\x00" in value for key, value in meta.items() if key.startswith("HTTP_")):
+        return 400, "headers must not contain NUL (\\u0000) characters"
     content_type = meta.get("CONTENT_TYPE", "")
     if request.path.startswith(API_PREFIX):
         unsupported = int(length or 0) and api_body_problem(content_type)

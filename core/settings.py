@@ -12,6 +12,7 @@ import os
 from datetime import timedelta
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from core import local_cluster
 
@@ -26,11 +27,14 @@ def env_list(name: str, default: str) -> list[str]:
 
 BASE_DIR = local_cluster.REPO_ROOT
 
-DEBUG = env_bool("DJANGO_DEBUG", True)
-# The fallback key only serves the local cluster; production must set its own.
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "local-cluster-only-not-a-secret")
-if not DEBUG and SECRET_KEY.startswith("local-cluster-only"):
-    raise RuntimeError("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off")
+# Off unless asked for: DEBUG pages show settings and tracebacks to whoever asks.
+DEBUG = env_bool("DJANGO_DEBUG", False)
+# Production sets its own key; the local cluster generates one at `make up` (var/).
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or local_cluster.secret_key()
+if not SECRET_KEY:
+    raise ImproperlyConfigured(
+        "DJANGO_SECRET_KEY is not set (and there is no local cluster: `make up` makes one)"
+    )
 
 ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",")
 
