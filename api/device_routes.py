@@ -23,7 +23,7 @@ from api.schemas import (
 from core.client_ip import client_ip
 from core.credentials import device_id_for_token
 from core.provisioning import enroll
-from core.throttle_device import limit_device_requests
+from core.throttle_device import count_failed_authentication, limit_device_requests
 from routers.placement import shard_for_device
 from shards.commands import deliver_pending, report_result
 from shards.ingest import stage_upload
@@ -36,9 +36,12 @@ class DeviceToken(HttpBearer):
     def __call__(self, request: HttpRequest) -> int | None:
         """Any other scheme is simply unauthenticated (ninja's own parser logs the value)."""
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return None
-        return self.authenticate(request, token.strip())
+        device_id = None
+        if scheme.lower() == "bearer" and token.strip():
+            device_id = self.authenticate(request, token.strip())
+        if device_id is None:
+            count_failed_authentication(client_ip(request))
+        return device_id
 
     def authenticate(self, request: HttpRequest, token: str) -> int | None:
         device_id = device_id_for_token(token)

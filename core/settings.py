@@ -226,6 +226,8 @@ READYZ_ALLOWED_NETWORKS = env_list("READYZ_ALLOWED_NETWORKS", "127.0.0.0/8,::1")
 # not applied while Redis is down (core/throttle.py).
 # Requests per device, over its token, on every device endpoint.
 DEVICE_RATE_LIMIT = os.environ.get("DEVICE_RATE_LIMIT", "300/minute")
+# Device API requests without a valid token, per client address (token probing).
+DEVICE_AUTH_FAILURE_LIMIT = os.environ.get("DEVICE_AUTH_FAILURE_LIMIT", "600/minute")
 # Enrolments refused for a wrong provisioning key, per client address.
 ENROLL_FAILURE_LIMIT = os.environ.get("ENROLL_FAILURE_LIMIT", "20/hour")
 # Enrolments per provisioning key: what a leaked key can enrol before it is revoked.

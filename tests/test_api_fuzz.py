@@ -58,6 +58,7 @@ def world(fuzz_world, django_db_blocker, settings):
     # Thousands of requests as one device from one address: without this most would be
     # 429s and the endpoints behind them unexplored (tests/test_throttle_api.py tests those).
     settings.DEVICE_RATE_LIMIT = settings.ENROLL_FAILURE_LIMIT = "off"
+    settings.DEVICE_AUTH_FAILURE_LIMIT = "off"
     with django_db_blocker.unblock():
         yield fuzz_world
 

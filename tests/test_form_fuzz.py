@@ -69,6 +69,7 @@ def fuzz_world(django_db_setup, django_db_blocker):
 @pytest.fixture
 def world(fuzz_world, django_db_blocker, settings):
     settings.DEVICE_RATE_LIMIT = settings.ENROLL_FAILURE_LIMIT = "off"
+    settings.DEVICE_AUTH_FAILURE_LIMIT = "off"
     settings.LOGIN_CLIENT_FAILURE_LIMIT = "off"
     with django_db_blocker.unblock():
         client = Client()

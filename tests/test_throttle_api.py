@@ -114,3 +114,17 @@ def test_a_leaked_key_enrols_at_most_its_rate(fleet_key, settings):
     assert "provisioning key" in refused.json()["detail"]
     assert not Device.objects.filter(serial="SN-leak-2").exists()
     assert enrol(other_key, "SN-other-fleet").status_code == 201
+
+
+def test_a_token_prober_gets_429_and_devices_with_tokens_do_not(shards, settings):
+    settings.DEVICE_AUTH_FAILURE_LIMIT = "3/minute"
+    device = make_device(shard="shard_1")
+    prober = Client(REMOTE_ADDR=PROBER)
+    for n in range(3):
+        guess = bearer(f"k3y{n}AbCdEfGhIjKl.secret")
+        assert post_json(prober, UPLOADS, {"batch_id": "x"}, **guess).status_code == 401
+    assert_throttled(prober.get("/api/v1/device/commands"), 60)
+    # A device at the same address, with its token, is never counted or refused.
+    behind_the_same_nat = Client(REMOTE_ADDR=PROBER)
+    assert upload(device, "b-0", behind_the_same_nat).status_code == 202
+    assert Client(REMOTE_ADDR=NEIGHBOUR).get("/api/v1/device/commands").status_code == 401
