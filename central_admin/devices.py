@@ -3,6 +3,7 @@
 from typing import Any
 
 from django.contrib import admin
+from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import URLPattern, path
 
@@ -61,12 +62,26 @@ class DeviceAdmin(admin.ModelAdmin):
     readonly_fields = ("created_at",)
     inlines = (DeviceAccessInline, AlertRuleInline)
     change_form_template = "central_admin/device_change_form.html"
+    actions = ("deactivate_devices", "activate_devices")
 
     class Media:
         css = {"all": ("central_admin/fleet.css",)}
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type:
         return DeviceChangeList
+
+    @admin.action(
+        description="Deactivate selected devices (their tokens stop working)",
+        permissions=["change"],
+    )
+    def deactivate_devices(self, request: HttpRequest, queryset: QuerySet) -> None:
+        count = queryset.update(is_active=False)  # forgets cached credentials on commit
+        self.message_user(request, f"Deactivated {count} device(s); they are refused within 2 s.")
+
+    @admin.action(description="Activate selected devices", permissions=["change"])
+    def activate_devices(self, request: HttpRequest, queryset: QuerySet) -> None:
+        count = queryset.update(is_active=True)
+        self.message_user(request, f"Activated {count} device(s).")
 
     def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple:
         """A device's finished move history goes with it, though move jobs are read-only.

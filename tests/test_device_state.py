@@ -57,6 +57,20 @@ def test_deactivating_and_reactivating_in_the_admin_bites_on_other_nodes(admin, 
     assert seconds_until_answer(other_node, made.token, made.device.pk) <= BITES_WITHIN
 
 
+def test_the_admins_bulk_actions_bite_on_other_nodes(admin, other_node):
+    made = [make_device(shard=alias) for alias in ("shard_1", "shard_2")]
+    for m in made:
+        assert other_node.device_for(m.token) == m.device.pk
+    selected = {"_selected_action": [m.device.pk for m in made]}
+    answer = admin.post("/admin/core/device/", {"action": "deactivate_devices", **selected})
+    assert answer.status_code == 302
+    for m in made:
+        assert seconds_until_answer(other_node, m.token, None) <= BITES_WITHIN
+    admin.post("/admin/core/device/", {"action": "activate_devices", **selected})
+    for m in made:
+        assert seconds_until_answer(other_node, m.token, m.device.pk) <= BITES_WITHIN
+
+
 @pytest.mark.parametrize(
     "change",
     [
