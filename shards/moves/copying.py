@@ -98,7 +98,11 @@ def copy_device_rows(
                 target_cursor.execute(
                     f"CREATE TEMP TABLE {stage} (LIKE {table.name}) ON COMMIT DROP"
                 )
-                pipe_copy(source_cursor, select.decode(), target_cursor, stage)
+                # Named columns: a column added by a later migration sits last in the
+                # table (and in LIKE's copy of it) but where its model puts it in the list.
+                pipe_copy(
+                    source_cursor, select.decode(), target_cursor, f"{stage} ({table.column_list})"
+                )
                 target_cursor.execute(
                     f"INSERT INTO {table.name} ({table.column_list})"
                     f" SELECT {table.column_list} FROM {stage}"
