@@ -15,6 +15,7 @@ Each test prints what it measured and checks every acknowledged reading is store
 
 import contextlib
 import json
+import re
 import select
 import socket
 import threading
@@ -24,8 +25,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from cluster.appnodes import THREADS_PER_WORKER, default_processes
+from cluster.limits import upload_max_bytes
 from core import local_cluster
-from tests.e2e.conftest import E2E_ENV, E2ECluster, enroll_fleet, report
+from tests.e2e.conftest import E2E_ENV, E2E_VAR, E2ECluster, enroll_fleet, report
 from tests.e2e.device_load import DeviceLoad, DeviceRecord, post_upload
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -33,11 +36,15 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 NODES = ("app-1", "app-2")
 HOST = local_cluster.HOST
 HTTP_PORT = int(E2E_ENV["FLEET_HTTP_PORT"])
-# The e2e cluster runs with the default upload limit (core/settings.py).
-UPLOAD_MAX_BYTES = 2 * 1024 * 1024
-# HAProxy's `timeout http-request` (the whole request, body included, must arrive in it).
-REQUEST_TIMEOUT = 10.0
+# The e2e cluster's processes run with the settings this process reads.
+UPLOAD_MAX_BYTES = upload_max_bytes()
 NO_SERVER = b"No server is available"
+
+
+def request_timeout() -> float:
+    """HAProxy's `timeout http-request`: the whole request, body included, must arrive in it."""
+    cfg = (E2E_VAR / "run" / "haproxy.cfg").read_text()
+    return float(re.search(r"timeout http-request (\d+)s", cfg).group(1))
 
 
 # -- HAProxy's view of the nodes ---------------------------------------------------
@@ -164,9 +171,10 @@ def test_health_checks_never_fail_under_a_flood_of_big_uploads(e2e_cluster: E2EC
 # -- slow bodies ------------------------------------------------------------------------
 
 
-SLOW_CLIENTS = 24  # more than both nodes' threads together (2 nodes x 2 workers x 4 threads)
+# More than both nodes' threads together (one worker process per core, 4 threads each).
+SLOW_CLIENTS = len(NODES) * default_processes() * THREADS_PER_WORKER + 8
 SLOW_BODY_BYTES = 50_000  # well under the upload limit
-SLOW_SECONDS = REQUEST_TIMEOUT + 5
+SLOW_GRACE = 5.0  # seconds the slow clients go on after HAProxy's timeout
 
 
 @dataclass
@@ -178,7 +186,7 @@ class SlowClient:
 
     def run(self, stop_at: float) -> None:
         started = time.monotonic()
-        with socket.create_connection((HOST, HTTP_PORT), timeout=SLOW_SECONDS + 5) as sock:
+        with socket.create_connection((HOST, HTTP_PORT), timeout=30) as sock:
             sock.sendall(
                 b"POST /api/v1/device/uploads HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                 b"Content-Type: application/json\r\n"
@@ -203,8 +211,9 @@ def test_slow_bodies_hold_no_worker_and_are_cut(e2e_cluster: E2ECluster, fleet, 
     devices = [device for group in fleet.values() for device in group]
     watch = NodeWatch(e2e_cluster).start()
     load = DeviceLoad(e2e_cluster.url, devices).start()
+    timeout = request_timeout()
     slow = [SlowClient() for _ in range(SLOW_CLIENTS)]
-    stop_at = time.monotonic() + SLOW_SECONDS
+    stop_at = time.monotonic() + timeout + SLOW_GRACE
     threads = [threading.Thread(target=client.run, args=(stop_at,)) for client in slow]
     try:
         time.sleep(1)
@@ -231,7 +240,7 @@ def test_slow_bodies_hold_no_worker_and_are_cut(e2e_cluster: E2ECluster, fleet, 
     assert watch.never_left_up(), watch.seen
     # HAProxy cut every slow client once its whole request had not arrived in time.
     assert len(cut) == SLOW_CLIENTS, cut
-    assert all(REQUEST_TIMEOUT - 1 <= after <= REQUEST_TIMEOUT + 3 for after in cut), cut
+    assert all(timeout - 1 <= after <= timeout + 3 for after in cut), cut
     assert answers == {"HTTP/1.1 408 Request Time-out"}, answers
 
 
