@@ -225,7 +225,8 @@ BEHIND_TLS_PROXY = env_bool("DJANGO_BEHIND_TLS_PROXY", False)
 if BEHIND_TLS_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = True
-    # HAProxy and operators probe the nodes themselves, over plain HTTP.
+    # Operators and deploy scripts probe the nodes themselves, over plain HTTP (HAProxy's
+    # own check, /livez, is answered by uWSGI and never reaches Django).
     SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
     SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_HSTS_SECONDS", str(365 * 24 * 3600)))
     # Both bind every subdomain of the site's names to HTTPS; turn them off when a

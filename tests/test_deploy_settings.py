@@ -55,7 +55,7 @@ def test_check_deploy_is_clean_with_the_deployed_environment():
 
 
 # What a browser or device would get from a node, through HAProxy (X-Forwarded-Proto
-# https) or straight over plain HTTP (HAProxy's checks, operators' probes).
+# https) or straight over plain HTTP (operators' and deploy scripts' probes).
 PROBE = textwrap.dedent(
     """
     import json
@@ -96,7 +96,7 @@ def test_deployed_site_is_https_only_but_the_probes_answer_over_plain_http():
     assert https["status"] == 200
     assert https["hsts"] == "max-age=31536000; includeSubDomains; preload"
     assert https["csrf_cookie_secure"] is True
-    # HAProxy and operators probe the nodes over plain HTTP: never redirected.
+    # Operators and deploy scripts probe the nodes over plain HTTP: never redirected.
     assert answers["healthz"]["status"] == 200
     assert answers["readyz"]["status"] in (200, 503)
 
