@@ -7,10 +7,11 @@ recognise our own processes (and only those) when stopping or cleaning up.
 
 import errno
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
+from cluster.limits import upload_max_bytes
 from cluster.ports import port_in_use
 from cluster.process import VarProcess
 from cluster.util import (
@@ -47,6 +48,11 @@ START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 
 
+def default_processes() -> int:
+    """One worker process per CPU core."""
+    return os.cpu_count() or 1
+
+
 def uwsgi_binary() -> Path:
     """The virtualenv's uwsgi (pip builds it), so nodes run the project's Python."""
     return REPO_ROOT / ".venv" / "bin" / "uwsgi"
@@ -60,6 +66,9 @@ class AppNode(VarProcess):
     port: int
     var: Path
     host: str = HOST
+    processes: int = field(default_factory=default_processes)
+    # Bodies over this are dropped unread (uWSGI's limit-post); Django's own limit.
+    body_limit: int = field(default_factory=upload_max_bytes)
 
     @property
     def name(self) -> str:
@@ -77,11 +86,23 @@ class AppNode(VarProcess):
     def fifo(self) -> Path:
         return self.var / "run" / f"{self.name}.fifo"
 
+    @property
+    def livez_file(self) -> Path:
+        """What uWSGI itself answers to HAProxy's check, GET /livez (no Python involved)."""
+        return self.var / "run" / "livez"
+
     # -- config ------------------------------------------------------------------
 
-    def render(self, processes: int | None = None) -> str:
-        """This node's uwsgi.ini; one worker process per CPU core unless told otherwise."""
-        return render_uwsgi_ini(self, processes or os.cpu_count() or 1)
+    @property
+    def request_slots(self) -> int:
+        """Requests HAProxy may have in flight here (its per-server maxconn): every thread
+        but one. The spare thread answers HAProxy's health check at once; a check queued
+        behind requests times out and takes a node that is merely busy out of rotation."""
+        return max(1, self.processes * THREADS_PER_WORKER - 1)
+
+    def render(self) -> str:
+        """This node's uwsgi.ini."""
+        return render_uwsgi_ini(self, self.processes)
 
     # -- process -----------------------------------------------------------------
 
@@ -124,6 +145,7 @@ class AppNode(VarProcess):
         self.pid_file.unlink(missing_ok=True)
         self.fifo.unlink(missing_ok=True)
         self.ini_file.write_text(config)
+        self.livez_file.write_text("ok\n")
         env = {**LOAD_TOOL_LIMITS, **os.environ, "DJANGO_SETTINGS_MODULE": "core.settings"}
         self.launch_daemon([str(binary), "--ini", str(self.ini_file)], env)
 
@@ -215,7 +237,9 @@ def render_uwsgi_ini(node: AppNode, processes: int) -> str:
         harakiri=HARAKIRI_SECONDS,
         max_requests=MAX_REQUESTS,
         max_requests_delta=MAX_REQUESTS_DELTA,
+        limit_post=node.body_limit,
         static_root=node.var / "static",
+        livez_file=node.livez_file,
         pid_file=node.pid_file,
         fifo=node.fifo,
         log_file=node.log_file,

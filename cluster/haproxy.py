@@ -13,11 +13,12 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
 from cluster.appnodes import AppNode
+from cluster.limits import CLIENT_MAXCONN, haproxy_bufsize, upload_max_bytes
 from cluster.ports import port_in_use
 from cluster.util import (
     ClusterError,
@@ -51,6 +52,8 @@ def render_haproxy_cfg(
     stats_port: int,
     stats_user: str,
     stats_password: str,
+    upload_max_bytes: int,
+    client_maxconn: int = CLIENT_MAXCONN,
     host: str = HOST,
 ) -> str:
     """The HAProxy config for `nodes`; pure, so tests can check it."""
@@ -59,7 +62,10 @@ def render_haproxy_cfg(
     for secret in (stats_user, stats_password):
         if not secret or any(ch.isspace() or ch in "#:'\"\\" for ch in secret):
             raise ClusterError("haproxy: stats credentials must be non-empty plain tokens")
-    servers = "\n".join(f"    server {node.name} {node.host}:{node.port} check" for node in nodes)
+    servers = "\n".join(
+        f"    server {node.name} {node.host}:{node.port} check maxconn {node.request_slots}"
+        for node in nodes
+    )
     return Template(TEMPLATE.read_text()).substitute(
         host=host,
         http_port=http_port,
@@ -67,6 +73,9 @@ def render_haproxy_cfg(
         stats_user=stats_user,
         stats_password=stats_password,
         servers=servers,
+        upload_max_bytes=upload_max_bytes,
+        bufsize=haproxy_bufsize(upload_max_bytes),
+        client_maxconn=client_maxconn,
     )
 
 
@@ -86,6 +95,7 @@ class HAProxy:
     stats_user: str
     stats_password: str
     host: str = HOST
+    upload_max_bytes: int = field(default_factory=upload_max_bytes)
 
     @property
     def cfg_file(self) -> Path:
@@ -114,6 +124,7 @@ class HAProxy:
             stats_port=self.stats_port,
             stats_user=self.stats_user,
             stats_password=self.stats_password,
+            upload_max_bytes=self.upload_max_bytes,
             host=self.host,
         )
 

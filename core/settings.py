@@ -270,6 +270,27 @@ HAPROXY_STATS_ADDRESS = os.environ.get(
 HAPROXY_STATS_USER = os.environ.get("HAPROXY_STATS_USER", _stats_user)
 HAPROXY_STATS_PASSWORD = os.environ.get("HAPROXY_STATS_PASSWORD", _stats_password)
 
+# --- TLS at the load balancer (docs/security.md) ---------------------------------------
+# A deployed site is HTTPS only: HAProxy terminates TLS, redirects plain HTTP and tells
+# Django how the client connected in X-Forwarded-Proto (after dropping any value the
+# client sent). DJANGO_BEHIND_TLS_PROXY=1, set by ansible/roles/fleet_code, turns this
+# on; the local loopback cluster leaves it off and stays plain HTTP.
+BEHIND_TLS_PROXY = env_bool("DJANGO_BEHIND_TLS_PROXY", False)
+if BEHIND_TLS_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    # Operators and deploy scripts probe the nodes themselves, over plain HTTP (HAProxy's
+    # own check, /livez, is answered by uWSGI and never reaches Django).
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+    SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_HSTS_SECONDS", str(365 * 24 * 3600)))
+    # Both bind every subdomain of the site's names to HTTPS; turn them off when a
+    # parent domain still serves plain HTTP (`check --deploy` then says so).
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+# --- end of TLS at the load balancer -----------------------------------------------------
+
 STATIC_URL = "static/"
 STATIC_ROOT = local_cluster.VAR_DIR / "static"
 

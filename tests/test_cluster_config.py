@@ -6,6 +6,7 @@ The renderers and the choice are pure, so these tests need no running cluster;
 """
 
 import configparser
+import json
 import re
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ from cluster import cli, extra_shards
 from cluster.appnodes import AppNode, app_nodes, render_uwsgi_ini
 from cluster.extra_shards import ExtraShard, next_alias, next_port, plan
 from cluster.haproxy import parse_server_states, render_haproxy_cfg
+from cluster.limits import upload_max_bytes
 from cluster.simulate import POINTS_PER_METRIC, readings_between
 from cluster.util import ClusterError
 from core import local_cluster
@@ -29,9 +31,17 @@ def nodes(tmp_path: Path) -> list[AppNode]:
     return app_nodes(tmp_path, [18001, 18002])
 
 
+UPLOAD_LIMIT = 2 * 1024 * 1024
+
+
 def haproxy_cfg(nodes: list[AppNode], password: str = "s3cret-Pw_1") -> str:
     return render_haproxy_cfg(
-        nodes, http_port=18000, stats_port=18404, stats_user="fleet", stats_password=password
+        nodes,
+        http_port=18000,
+        stats_port=18404,
+        stats_user="fleet",
+        stats_password=password,
+        upload_max_bytes=UPLOAD_LIMIT,
     )
 
 
@@ -41,18 +51,68 @@ def uwsgi_options(text: str) -> dict[str, str]:
     return dict(parser["uwsgi"])
 
 
+def uwsgi_values(text: str, option: str) -> list[str]:
+    """Every value of an option uWSGI takes more than once (configparser keeps the last)."""
+    return re.findall(rf"^{re.escape(option)} = (.*)$", text, flags=re.MULTILINE)
+
+
 # -- HAProxy --------------------------------------------------------------------
 
 
 def test_haproxy_balances_every_node_with_health_checks(nodes):
     cfg = haproxy_cfg(nodes)
-    assert "server app-1 127.0.0.1:18001 check" in cfg
-    assert "server app-2 127.0.0.1:18002 check" in cfg
-    assert "option httpchk GET /healthz" in cfg
+    assert "server app-1 127.0.0.1:18001 check maxconn " in cfg
+    assert "server app-2 127.0.0.1:18002 check maxconn " in cfg
+    assert "option httpchk GET /livez" in cfg
     assert "http-check expect status 200" in cfg
     assert "default-server inter 500ms fastinter 250ms downinter 500ms fall 2 rise 2" in cfg
     assert "timeout check 500ms" in cfg
     assert "bind 127.0.0.1:18000" in cfg
+
+
+def test_haproxy_keeps_one_thread_of_every_node_free_for_its_checks(tmp_path):
+    small, big = AppNode(1, 18001, tmp_path, processes=1), AppNode(2, 18002, tmp_path, processes=3)
+    cfg = haproxy_cfg([small, big])
+    # 4 threads per worker process: HAProxy sends at most all of them but one.
+    assert "server app-1 127.0.0.1:18001 check maxconn 3" in cfg
+    assert "server app-2 127.0.0.1:18002 check maxconn 11" in cfg
+    # The check is a file uWSGI serves itself on that spare thread, without Python.
+    ini = render_uwsgi_ini(small, processes=1)
+    assert uwsgi_options(ini)["threads"] == "4"
+    assert f"/livez={small.livez_file}" in uwsgi_values(ini, "static-map")
+
+
+def test_haproxy_refuses_bodies_over_the_upload_limit_before_reading_them(nodes):
+    cfg = haproxy_cfg(nodes)
+    deny = next(line.strip() for line in cfg.splitlines() if "deny_status 413" in line)
+    assert deny.endswith(f"if {{ req.hdr_val(content-length) gt {UPLOAD_LIMIT} }}")
+    body = deny.split(" string ", 1)[1].split(" if ", 1)[0].strip("'")
+    assert json.loads(body) == {
+        "detail": f"the body is larger than the upload limit of {UPLOAD_LIMIT} bytes"
+    }
+    assert "content-type application/json" in deny
+
+
+def test_haproxy_holds_whole_requests_so_slow_clients_never_reach_a_node(nodes):
+    cfg = haproxy_cfg(nodes)
+    assert "option http-buffer-request" in cfg
+    assert "timeout http-request 10s" in cfg
+    # A request at the body limit, with uWSGI's largest header block, fits in a buffer.
+    bufsize = int(re.search(r"tune.bufsize (\d+)", cfg).group(1))
+    assert bufsize >= UPLOAD_LIMIT + 32 * 1024
+    # One client address cannot take all of HAProxy's connections.
+    assert "tcp-request connection track-sc0 src" in cfg
+    limit = int(re.search(r"reject if \{ sc0_conn_cur gt (\d+) \}", cfg).group(1))
+    assert 0 < limit < int(re.search(r"maxconn (\d+)", cfg).group(1))
+
+
+def test_haproxy_alone_says_how_the_client_connected(nodes):
+    assert "http-request del-header X-Forwarded-Proto" in haproxy_cfg(nodes)
+
+
+def test_the_edge_limit_is_the_apps_own(settings, tmp_path):
+    assert upload_max_bytes() == settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    assert AppNode(1, 18001, tmp_path).body_limit == settings.DATA_UPLOAD_MAX_MEMORY_SIZE
 
 
 def test_haproxy_retries_and_says_why_that_is_safe(nodes):
@@ -138,17 +198,22 @@ def test_uwsgi_workers_threads_and_limits(nodes):
     assert options["max-requests"] == "100000"
     assert int(options["max-requests-delta"]) > 0
     assert options["post-buffering"] == "65536"
+    assert options["limit-post"] == str(nodes[0].body_limit)
     assert options["buffer-size"] == "32768"
     assert options["die-on-term"] == "true"
     assert options["vacuum"] == "true"
 
 
 def test_uwsgi_files_live_under_var_per_node(nodes, tmp_path):
-    options = uwsgi_options(render_uwsgi_ini(nodes[0], processes=1))
+    ini = render_uwsgi_ini(nodes[0], processes=1)
+    options = uwsgi_options(ini)
     assert options["pidfile"] == str(tmp_path / "run" / "app-1.pid")
     assert options["master-fifo"] == str(tmp_path / "run" / "app-1.fifo")
     assert options["daemonize"] == str(tmp_path / "log" / "app-1.log")
-    assert options["static-map"] == f"/static={tmp_path / 'static'}"
+    assert uwsgi_values(ini, "static-map") == [
+        f"/static={tmp_path / 'static'}",
+        f"/livez={tmp_path / 'run' / 'livez'}",
+    ]
     assert options["log-format"].endswith("%(method) %(uri) %(status) %(msecs)ms")
 
 

@@ -10,6 +10,7 @@ this is an outside client.
 
 import http.client
 import json
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -58,9 +59,22 @@ def batch_body(device_id: int, batch: int) -> bytes:
     return json.dumps({"batch_id": f"load-{device_id}-{batch}", "readings": readings}).encode()
 
 
-def post_upload(base_url: str, token: str, body: bytes) -> tuple[int | None, dict, str]:
+def connect(
+    base_url: str, ssl_context: ssl.SSLContext | None = None, timeout: float = REQUEST_TIMEOUT
+) -> http.client.HTTPConnection:
+    """A connection to an http:// or https:// base URL (certificates checked by the context)."""
     parts = urlsplit(base_url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=REQUEST_TIMEOUT)
+    if parts.scheme == "https":
+        return http.client.HTTPSConnection(
+            parts.hostname, parts.port, timeout=timeout, context=ssl_context
+        )
+    return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+
+
+def post_upload(
+    base_url: str, token: str, body: bytes, ssl_context: ssl.SSLContext | None = None
+) -> tuple[int | None, dict, str]:
+    connection = connect(base_url, ssl_context)
     try:
         connection.request(
             "POST",
@@ -85,8 +99,15 @@ def post_upload(base_url: str, token: str, body: bytes) -> tuple[int | None, dic
 class DeviceLoad:
     """Runs one thread per device until stop(); keeps every attempt and acknowledgement."""
 
-    def __init__(self, base_url: str, devices: list[DeviceRecord], interval: float = 0.05):
+    def __init__(
+        self,
+        base_url: str,
+        devices: list[DeviceRecord],
+        interval: float = 0.05,
+        ssl_context: ssl.SSLContext | None = None,
+    ):
         self.base_url = base_url
+        self.ssl_context = ssl_context
         self.devices = devices
         self.interval = interval
         self.attempts: list[Attempt] = []
@@ -124,7 +145,7 @@ class DeviceLoad:
         body = batch_body(device.device_id, batch)
         give_up = time.monotonic() + 120
         while time.monotonic() < give_up:
-            status, data, error = post_upload(self.base_url, device.token, body)
+            status, data, error = post_upload(self.base_url, device.token, body, self.ssl_context)
             retry_after = data.get("_headers", {}).get("retry-after")
             self._record(
                 Attempt(time.monotonic(), device.device_id, batch, status, error, retry_after)

@@ -6,8 +6,10 @@ each) and its own sshd. Then, from the control node over SSH, as an operator wou
 
 1. ansible/site.yml deploys the directory + Redis (h1), shard_1 (h2), shard_2 (h3),
    an app node + Celery worker + beat (h4), an app node + HAProxy (h5);
-2. devices enrol and upload through HAProxy on h5; every acknowledged reading is
-   stored exactly once, on its device's shard;
+2. devices enrol and upload over HTTPS through HAProxy on h5 (its self-signed
+   certificate, trusted as served; plain HTTP only redirects); every acknowledged
+   reading is stored exactly once, on its device's shard; `manage.py check --deploy`
+   is clean on an app host;
 3. with the devices still uploading, ansible/add_shard.yml adds h6 as shard_3 and
    rebalances; again every acknowledged reading is stored exactly once (on the
    device's current shard only) and shard_3 holds devices;
@@ -16,8 +18,8 @@ each) and its own sshd. Then, from the control node over SSH, as an operator wou
 Skips, saying why, where the machine cannot make namespaces (not root, say).
 """
 
-import http.client
 import json
+import ssl
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -26,7 +28,7 @@ import psycopg2
 import pytest
 
 from tests.e2e.conftest import report
-from tests.e2e.device_load import DeviceLoad, DeviceRecord
+from tests.e2e.device_load import DeviceLoad, DeviceRecord, connect
 from tests.hosts.deploy import (
     TEST_ENV,
     ansible_playbook,
@@ -53,8 +55,10 @@ BEAT_HOST = "h4"
 class PhaseLoad(DeviceLoad):
     """DeviceLoad whose batches start at `first_batch`: a later phase sends new ones."""
 
-    def __init__(self, base_url: str, devices: list[DeviceRecord], first_batch: int):
-        super().__init__(base_url, devices, interval=LOAD_INTERVAL)
+    def __init__(
+        self, base_url: str, devices: list[DeviceRecord], first_batch: int, tls: ssl.SSLContext
+    ):
+        super().__init__(base_url, devices, interval=LOAD_INTERVAL, ssl_context=tls)
         self.first_batch = first_batch
 
     def _run(self, device: DeviceRecord) -> None:
@@ -78,10 +82,24 @@ def host(hosts: TestHosts, name: str):
     return next(h for h in hosts.hosts if h.name == name)
 
 
-def enroll(base_url: str, provisioning_key: str, serial: str) -> DeviceRecord:
-    host_port = base_url.removeprefix("http://")
+def served_certificate(address: str) -> ssl.SSLContext:
+    """Trust the certificate the balancer serves (self-signed: no secret gave one), and
+    check every later connection against it, host name (its address) included."""
+    pem = ssl.get_server_certificate((address, 443))
+    return ssl.create_default_context(cadata=pem)
+
+
+def get(url: str, tls: ssl.SSLContext | None = None) -> tuple[int, dict[str, str]]:
+    with closing(connect(url, tls, timeout=15)) as connection:
+        connection.request("GET", "/" + url.split("/", 3)[3])
+        response = connection.getresponse()
+        response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}
+
+
+def enroll(base_url: str, tls: ssl.SSLContext, provisioning_key: str, serial: str) -> DeviceRecord:
     body = json.dumps({"provisioning_key": provisioning_key, "serial": serial})
-    with closing(http.client.HTTPConnection(host_port, timeout=15)) as connection:
+    with closing(connect(base_url, tls, timeout=15)) as connection:
         connection.request(
             "POST", "/api/v1/device/enroll", body=body, headers={"Content-Type": "application/json"}
         )
@@ -169,8 +187,10 @@ class Databases:
         }
 
 
-def run_load(base_url: str, devices: list[DeviceRecord], first_batch: int) -> PhaseLoad:
-    return PhaseLoad(base_url, devices, first_batch).start()
+def run_load(
+    base_url: str, devices: list[DeviceRecord], first_batch: int, tls: ssl.SSLContext
+) -> PhaseLoad:
+    return PhaseLoad(base_url, devices, first_batch, tls).start()
 
 
 def stop_load(load: PhaseLoad) -> dict[str, int]:
@@ -198,11 +218,25 @@ def test_deploy_load_add_shard_and_rebalance(six_hosts: TestHosts, capsys) -> No
     db = Databases(hosts, secret["vault_fleet_db_password"])
     assert sorted(db.shards()) == ["shard_1", "shard_2"]
 
-    # 2. Devices through the load balancer.
-    base_url = f"http://{host(hosts, LB_HOST).address}"
+    # 2. Devices through the load balancer, over HTTPS; plain HTTP only redirects.
+    lb_address = host(hosts, LB_HOST).address
+    base_url = f"https://{lb_address}"
+    tls = served_certificate(lb_address)
+    status, headers = get(f"http://{lb_address}/api/v1/devices")
+    assert (status, headers["location"]) == (301, f"https://{lb_address}/api/v1/devices")
+    status, headers = get(f"{base_url}/accounts/login/", tls)
+    assert status == 200
+    assert headers["strict-transport-security"].startswith("max-age=31536000")
+    assert "secure" in headers["set-cookie"].lower()  # the CSRF cookie
+    report(capsys, f"HTTPS: {base_url} serves {tls.get_ca_certs()[0]['subject']}; HTTP redirects")
+    check = hosts.ssh(
+        host(hosts, BEAT_HOST), "/usr/local/bin/fleet-manage check --deploy --fail-level WARNING"
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "no issues" in check.stdout, check.stdout
     key = secret["vault_fleet_provisioning_key"]
-    devices = [enroll(base_url, key, f"ansible-{time.time_ns()}-{i}") for i in range(DEVICES)]
-    load = run_load(base_url, devices, first_batch=0)
+    devices = [enroll(base_url, tls, key, f"ansible-{time.time_ns()}-{i}") for i in range(DEVICES)]
+    load = run_load(base_url, devices, first_batch=0, tls=tls)
     time.sleep(LOAD_SECONDS)
     load_stats = stop_load(load)
     counts = db.assert_exactly_once(devices)
@@ -212,7 +246,7 @@ def test_deploy_load_add_shard_and_rebalance(six_hosts: TestHosts, capsys) -> No
 
     # 3. A third shard host under load: add_shard.yml provisions, registers, rebalances.
     inventory = write_inventory(hosts, with_third_shard=True)
-    load = run_load(base_url, devices, first_batch=100_000)
+    load = run_load(base_url, devices, first_batch=100_000, tls=tls)
     time.sleep(2)
     try:
         elapsed, log = ansible_playbook(
