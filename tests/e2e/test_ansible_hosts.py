@@ -19,6 +19,7 @@ Skips, saying why, where the machine cannot make namespaces (not root, say).
 """
 
 import json
+import shlex
 import ssl
 import time
 from collections.abc import Iterator
@@ -229,6 +230,21 @@ def test_deploy_load_add_shard_and_rebalance(six_hosts: TestHosts, capsys) -> No
     assert headers["strict-transport-security"].startswith("max-age=31536000")
     assert "secure" in headers["set-cookie"].lower()  # the CSRF cookie
     report(capsys, f"HTTPS: {base_url} serves {tls.get_ca_certs()[0]['subject']}; HTTP redirects")
+    # The app nodes see each client's own address behind HAProxy (TRUSTED_PROXIES): the
+    # control node is an admin address and reads /readyz; a device host is not and does not.
+    status, _ = get(f"{base_url}/readyz", tls)
+    assert status == 200
+    probe = (
+        "import ssl, urllib.request, urllib.error\n"
+        "tls = ssl._create_unverified_context()\n"
+        "try:\n"
+        f"    urllib.request.urlopen('{base_url}/readyz', context=tls)\n"
+        "    print(200)\n"
+        "except urllib.error.HTTPError as exc:\n"
+        "    print(exc.code)\n"
+    )
+    outside = hosts.ssh(host(hosts, BEAT_HOST), f"python3 -c {shlex.quote(probe)}")
+    assert outside.stdout.strip() == "404", outside.stdout + outside.stderr
     check = hosts.ssh(
         host(hosts, BEAT_HOST), "/usr/local/bin/fleet-manage check --deploy --fail-level WARNING"
     )
