@@ -18,9 +18,10 @@ import pytest
 from django.core.cache import caches
 from django.core.management.color import no_style
 from django.db import connections
+from django.test import Client
 
 from core import local_cluster
-from core.models import Shard
+from core.models import Shard, User
 from routers.registry import (
     connection_settings_for,
     refresh_registry,
@@ -80,6 +81,14 @@ def shards(django_db_setup, django_db_blocker) -> list[str]:
             yield TEST_SHARDS
         finally:
             truncate_all(["default", *TEST_SHARDS])
+
+
+@pytest.fixture
+def root_client(shards) -> Client:
+    """A Django test client logged in as a superuser (every permission)."""
+    client = Client()
+    client.force_login(User.objects.create_superuser("root", password="pw-root"))
+    return client
 
 
 THIRD_SHARD = "shard_3"

@@ -9,7 +9,7 @@ import json
 import pytest
 from django.test import Client
 
-from core.models import MoveJob, User
+from core.models import MoveJob
 from shards.models import Command, Upload
 from tests.api_helpers import bearer, post_json, reading
 from tests.factories import make_device
@@ -21,13 +21,6 @@ UPLOAD = {"batch_id": "b-1", "readings": [reading()]}
 @pytest.fixture
 def device(shards):
     return make_device(shard="shard_1")
-
-
-@pytest.fixture
-def admin(shards) -> Client:
-    client = Client()
-    client.force_login(User.objects.create_superuser("root", password="pw"))
-    return client
 
 
 def deep(levels: int) -> str:
@@ -86,22 +79,24 @@ def test_a_content_length_that_is_not_a_number_is_400(device):
     assert answer.status_code == 400
 
 
-def test_json_nested_too_deeply_is_400_everywhere(device, admin):
+def test_json_nested_too_deeply_is_400_everywhere(device, root_client):
     pk = device.device.pk
     body = '{"name": "reboot", "args": ' + deep(2000) + "}"
-    answer = admin.post(f"/api/v1/devices/{pk}/commands", body, content_type="application/json")
+    answer = root_client.post(
+        f"/api/v1/devices/{pk}/commands", body, content_type="application/json"
+    )
     assert answer.status_code == 400, answer.content
     assert "nested" in answer.json()["detail"]
     shallow_enough = '{"name": "reboot", "args": ' + deep(40) + "}"
-    answer = admin.post(
+    answer = root_client.post(
         f"/api/v1/devices/{pk}/commands", shallow_enough, content_type="application/json"
     )
     assert answer.status_code == 400 and "nested" in answer.json()["detail"]
 
-    portal = admin.post(f"/devices/{pk}/commands", {"name": "reboot", "args": deep(2000)})
+    portal = root_client.post(f"/devices/{pk}/commands", {"name": "reboot", "args": deep(2000)})
     assert portal.status_code == 400
     assert "nested" in portal.content.decode()
-    admin_form = admin.post(
+    admin_form = root_client.post(
         f"/admin/core/device/{pk}/commands/", {"name": "reboot", "args": deep(2000)}, follow=True
     )
     assert admin_form.status_code == 200 and "nested" in admin_form.content.decode()
@@ -138,12 +133,12 @@ def test_a_result_over_the_limit_names_the_limit(device):
         "/devices/?x=%00",
     ],
 )
-def test_nul_characters_in_urls_are_400(admin, path):
-    assert admin.get(path).status_code == 400
+def test_nul_characters_in_urls_are_400(root_client, path):
+    assert root_client.get(path).status_code == 400
 
 
-def test_nul_in_the_admin_move_form_is_400_and_moves_nothing(device, admin):
-    answer = admin.post(f"/admin/core/device/{device.device.pk}/move/", {"target": "\x00"})
+def test_nul_in_the_admin_move_form_is_400_and_moves_nothing(device, root_client):
+    answer = root_client.post(f"/admin/core/device/{device.device.pk}/move/", {"target": "\x00"})
     assert answer.status_code == 400
     assert "NUL" in answer.content.decode()
     assert not MoveJob.objects.exists()
@@ -179,11 +174,11 @@ def test_an_internal_error_is_a_json_500_without_a_traceback(device, settings, m
     assert "Traceback" not in answer.content.decode()
 
 
-def test_a_body_less_post_needs_no_content_type_and_a_form_post_is_415(admin, device):
+def test_a_body_less_post_needs_no_content_type_and_a_form_post_is_415(root_client, device):
     from shards.commands import create_command
 
     queued = create_command(device.device.pk, "reboot")
-    form = admin.post(f"/api/v1/commands/{queued.pk}/cancel", {"x": "1"})  # multipart
+    form = root_client.post(f"/api/v1/commands/{queued.pk}/cancel", {"x": "1"})  # multipart
     assert form.status_code == 415
-    bare = admin.generic("POST", f"/api/v1/commands/{queued.pk}/cancel")  # no body at all
+    bare = root_client.generic("POST", f"/api/v1/commands/{queued.pk}/cancel")  # no body at all
     assert bare.status_code == 200 and bare.json()["status"] == "cancelled"

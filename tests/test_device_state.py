@@ -9,10 +9,9 @@ import threading
 import pytest
 from django.core.management import call_command
 from django.db import transaction
-from django.test import Client
 
 from core.credentials import device_id_for_token, issue_token
-from core.models import Device, DeviceCredential, MoveJob, Shard, User
+from core.models import Device, DeviceCredential, MoveJob, Shard
 from routers.registry import unregister_shard_connection
 from shards.moves.protocol import move_device, start_move
 from tests.admin_forms import admin_form_data
@@ -21,13 +20,6 @@ from tests.move_helpers import device_rows, fence_of, populate_device, total_row
 from tests.waiting import wait_until
 
 BITES_WITHIN = 2.0
-
-
-@pytest.fixture
-def admin(shards) -> Client:
-    client = Client()
-    client.force_login(User.objects.create_superuser("root", password="pw"))
-    return client
 
 
 def change_url(device: Device) -> str:
@@ -43,30 +35,30 @@ def seconds_until_answer(node, token: str, expected: int | None) -> float:
     )
 
 
-def test_deactivating_and_reactivating_in_the_admin_bites_on_other_nodes(admin, other_node):
+def test_deactivating_and_reactivating_in_the_admin_bites_on_other_nodes(root_client, other_node):
     made = make_device(shard="shard_1")
     assert other_node.device_for(made.token) == made.device.pk  # its caches are warm
 
-    form = admin_form_data(admin.get(change_url(made.device)))
+    form = admin_form_data(root_client.get(change_url(made.device)))
     del form["is_active"]
-    assert admin.post(change_url(made.device), form).status_code == 302
+    assert root_client.post(change_url(made.device), form).status_code == 302
     assert seconds_until_answer(other_node, made.token, None) <= BITES_WITHIN
 
     form["is_active"] = "on"
-    assert admin.post(change_url(made.device), form).status_code == 302
+    assert root_client.post(change_url(made.device), form).status_code == 302
     assert seconds_until_answer(other_node, made.token, made.device.pk) <= BITES_WITHIN
 
 
-def test_the_admins_bulk_actions_bite_on_other_nodes(admin, other_node):
+def test_the_admins_bulk_actions_bite_on_other_nodes(root_client, other_node):
     made = [make_device(shard=alias) for alias in ("shard_1", "shard_2")]
     for m in made:
         assert other_node.device_for(m.token) == m.device.pk
     selected = {"_selected_action": [m.device.pk for m in made]}
-    answer = admin.post("/admin/core/device/", {"action": "deactivate_devices", **selected})
+    answer = root_client.post("/admin/core/device/", {"action": "deactivate_devices", **selected})
     assert answer.status_code == 302
     for m in made:
         assert seconds_until_answer(other_node, m.token, None) <= BITES_WITHIN
-    admin.post("/admin/core/device/", {"action": "activate_devices", **selected})
+    root_client.post("/admin/core/device/", {"action": "activate_devices", **selected})
     for m in made:
         assert seconds_until_answer(other_node, m.token, m.device.pk) <= BITES_WITHIN
 
@@ -127,7 +119,7 @@ def test_unicode_digits_in_a_token_are_just_a_wrong_token(shards, token):
 
 
 def test_deleting_a_device_in_the_admin_removes_its_rows_from_every_shard(
-    shards, admin, other_node, celery_worker
+    shards, root_client, other_node, celery_worker
 ):
     device = make_device(shard="shard_1").device
     neighbour = make_device(shard="shard_1").device
@@ -140,9 +132,12 @@ def test_deleting_a_device_in_the_admin_removes_its_rows_from_every_shard(
     neighbour_rows = device_rows("shard_1", neighbour.pk)
     assert other_node.device_for(token) == device.pk
 
-    confirm = admin.get(f"/admin/core/device/{device.pk}/delete/")
+    confirm = root_client.get(f"/admin/core/device/{device.pk}/delete/")
     assert confirm.status_code == 200
-    assert admin.post(f"/admin/core/device/{device.pk}/delete/", {"post": "yes"}).status_code == 302
+    assert (
+        root_client.post(f"/admin/core/device/{device.pk}/delete/", {"post": "yes"}).status_code
+        == 302
+    )
     assert seconds_until_answer(other_node, token, None) <= BITES_WITHIN
 
     from core.models import DeviceDeletion  # new: imported here so the rest runs on old code
@@ -180,13 +175,15 @@ def test_a_deletion_left_by_a_dead_shard_is_finished_later(shards, dead_shard):
     assert deletion.finished_at is not None and deletion.error == ""
 
 
-def test_a_device_with_a_move_in_flight_cannot_be_deleted(admin):
+def test_a_device_with_a_move_in_flight_cannot_be_deleted(root_client):
     device = make_device(shard="shard_1").device
     job = start_move(device.pk, "shard_2")
-    page = admin.get(f"/admin/core/device/{device.pk}/delete/")
+    page = root_client.get(f"/admin/core/device/{device.pk}/delete/")
     assert page.status_code == 200
     assert "protected" in page.content.decode()
-    assert admin.post(f"/admin/core/device/{device.pk}/delete/", {"post": "yes"}).status_code in (
+    assert root_client.post(
+        f"/admin/core/device/{device.pk}/delete/", {"post": "yes"}
+    ).status_code in (
         200,
         403,
     )
