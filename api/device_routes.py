@@ -34,7 +34,10 @@ class DeviceToken(HttpBearer):
     """`Authorization: Bearer <token>`; the request carries `device_id` and `shard_alias`."""
 
     def __call__(self, request: HttpRequest) -> int | None:
-        """Any other scheme is simply unauthenticated (ninja's own parser logs the value)."""
+        """Reads the header itself: ninja's parser would log a value with another scheme.
+
+        Any other scheme is unauthenticated; each failure counts against the client.
+        """
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         device_id = None
         if scheme.lower() == "bearer" and token.strip():
