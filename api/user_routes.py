@@ -40,6 +40,7 @@ ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: Error
 MAX_READINGS = 10_000
 SERIES_DEFAULT_SPAN = timedelta(hours=24)
 SERIES_MAX_SPAN = timedelta(days=366)
+EARLIEST_YEAR, LATEST_YEAR = 1900, 9998
 
 
 class Page(Schema):
@@ -59,8 +60,9 @@ class TimeSpan(Schema):
             return None
         if value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
-        if not 1 <= value.year <= 9998:
-            raise ValueError("year out of range")
+        if not EARLIEST_YEAR <= value.year <= LATEST_YEAR:
+            # Also keeps `end - SERIES_DEFAULT_SPAN` and its kin inside what dates can hold.
+            raise ValueError(f"the year must lie between {EARLIEST_YEAR} and {LATEST_YEAR}")
         return value.astimezone(UTC)
 
     @model_validator(mode="after")

@@ -10,6 +10,7 @@ the test truncates every table, so data is committed and visible to worker
 threads and other processes, as in production.
 """
 
+import time
 from collections.abc import Iterator
 from contextlib import closing
 
@@ -17,7 +18,7 @@ import psycopg2
 import pytest
 from django.core.cache import caches
 from django.core.management.color import no_style
-from django.db import connections
+from django.db import OperationalError, connections
 from django.test import Client
 
 from core import local_cluster
@@ -31,6 +32,7 @@ from routers.registry import (
 from shards.registration import ShardLocation, register_shard
 
 TEST_SHARDS = sorted(local_cluster.SHARDS)
+TRUNCATE_ATTEMPTS = 5
 # Written by migrations, not by tests: truncating them would only force re-creation.
 STATIC_TABLES = {"django_migrations", "django_content_type", "auth_permission"}
 
@@ -56,6 +58,8 @@ def location_of(alias: str) -> ShardLocation:
 
 
 def truncate_all(aliases: list[str]) -> None:
+    """Empty every table. The session's Celery worker may still run a task a test left
+    behind (an import retried after a move, say): a deadlock with it is retried."""
     for alias in aliases:
         connection = connections[alias]
         tables = [
@@ -63,9 +67,15 @@ def truncate_all(aliases: list[str]) -> None:
             for table in connection.introspection.django_table_names(only_existing=True)
             if table not in STATIC_TABLES
         ]
-        connection.ops.execute_sql_flush(
-            connection.ops.sql_flush(no_style(), tables, allow_cascade=True)
-        )
+        statements = connection.ops.sql_flush(no_style(), tables, allow_cascade=True)
+        for attempt in range(TRUNCATE_ATTEMPTS):
+            try:
+                connection.ops.execute_sql_flush(statements)
+                break
+            except OperationalError as exc:
+                if "deadlock" not in str(exc) or attempt == TRUNCATE_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.5)
 
 
 @pytest.fixture

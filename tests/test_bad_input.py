@@ -182,3 +182,10 @@ def test_a_body_less_post_needs_no_content_type_and_a_form_post_is_415(root_clie
     assert form.status_code == 415
     bare = root_client.generic("POST", f"/api/v1/commands/{queued.pk}/cancel")  # no body at all
     assert bare.status_code == 200 and bare.json()["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("query", ["end=0001-01-01T00:00:00Z", "start=0001-01-01T00:00:00Z"])
+def test_a_series_at_the_edge_of_the_calendar_is_400(device, root_client, query):
+    answer = root_client.get(f"/api/v1/devices/{device.device.pk}/series?{query}")
+    assert answer.status_code == 400
+    assert "year" in answer.json()["detail"]

@@ -29,6 +29,7 @@ from shards.models import Alert, DeviceFence, RawRetention, Reading, ReadingRoll
 from shards.moves.protocol import move_device
 from shards.series import device_series
 from tests.factories import make_device
+from tests.move_helpers import store_staged
 
 # Ten past eleven at night: the readings cross an hour and a day boundary.
 START = datetime(2026, 3, 9, 22, 50, 17, tzinfo=UTC)
@@ -239,7 +240,8 @@ def test_an_import_still_open_keeps_its_mark_until_it_commits(shards):
     """The race the import's DO UPDATE closes: a rollup between its insert and its commit."""
     device = make_device(shard="shard_1").device.pk
     send(device, "first", [("temp", START, 1.0)])
-    staged_late = stage_upload(
+    # Written directly, with no import task queued: a worker must not import it first.
+    staged_late = store_staged(
         device, "third", [{"metric": "temp", "ts": START + timedelta(seconds=5), "value": 5.0}]
     )
     imported, release = threading.Event(), threading.Event()
@@ -247,7 +249,7 @@ def test_an_import_still_open_keeps_its_mark_until_it_commits(shards):
     def import_and_wait() -> None:
         try:
             with transaction.atomic(using="shard_1"):
-                _import_on_shard("shard_1", device, staged_late.upload.pk)
+                _import_on_shard("shard_1", device, staged_late.pk)
                 imported.set()
                 release.wait(10)
         finally:
