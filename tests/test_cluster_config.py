@@ -6,10 +6,12 @@ The renderers and the choice are pure, so these tests need no running cluster;
 """
 
 import configparser
+import http.client
 import json
 import re
 import shutil
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,8 +20,9 @@ import pytest
 from cluster import cli, extra_shards
 from cluster.appnodes import AppNode, app_nodes, render_uwsgi_ini
 from cluster.extra_shards import ExtraShard, next_alias, next_port, plan
-from cluster.haproxy import parse_server_states, render_haproxy_cfg
+from cluster.haproxy import haproxy_binary, parse_server_states, render_haproxy_cfg
 from cluster.limits import upload_max_bytes
+from cluster.ports import free_port
 from cluster.simulate import POINTS_PER_METRIC, readings_between
 from cluster.util import ClusterError
 from core import local_cluster
@@ -362,3 +365,40 @@ def test_up_manages_recorded_extra_shards_and_nothing_else(monkeypatch, tmp_path
         "port": 55435,
         "db": "fleet_shard_3",
     }
+
+
+def test_haproxys_own_errors_are_json_with_retry_after(tmp_path):
+    """A real HAProxy with no node up: the 503 a device gets says so in JSON, with Retry-After."""
+    http_port, stats_port = free_port(), free_port()
+    dead_nodes = app_nodes(tmp_path, [free_port()])  # nothing listens there
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(
+        render_haproxy_cfg(
+            dead_nodes,
+            http_port=http_port,
+            stats_port=stats_port,
+            stats_user="fleet",
+            stats_password="s3cret-Pw_1",
+            upload_max_bytes=UPLOAD_LIMIT,
+        ).replace("log stdout format raw local0", "")
+    )
+    proc = subprocess.Popen([haproxy_binary(), "-db", "-f", str(cfg)], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", http_port, timeout=10)
+                connection.request("GET", "/api/v1/device/commands")
+                response = connection.getresponse()
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline, "HAProxy did not start"
+                time.sleep(0.1)
+        body = json.loads(response.read())
+        assert response.status == 503
+        assert response.getheader("Content-Type") == "application/json"
+        assert int(response.getheader("Retry-After")) > 0
+        assert "retry later" in body["detail"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
