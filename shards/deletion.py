@@ -47,15 +47,18 @@ def purge_deleted_device(deletion: DeviceDeletion) -> bool:
     )
     failed = {alias: r for alias, r in results.items() if isinstance(r, BaseException)}
     removed = {alias: r for alias, r in results.items() if not isinstance(r, BaseException) and r}
-    deletion.rows_removed = {**deletion.rows_removed, **removed}
+    # A task and beat's retry may purge the same device at once: neither may undo the
+    # other's finish, so each writes only while the deletion is unfinished.
+    unfinished = DeviceDeletion.objects.filter(pk=deletion.pk, finished_at__isnull=True)
+    rows_removed = {**deletion.rows_removed, **removed}
     if failed:
-        deletion.error = "; ".join(f"{alias}: {exc}" for alias, exc in sorted(failed.items()))
-        logger.warning("deleting device %s: retried later: %s", deletion.device_id, deletion.error)
+        error = "; ".join(f"{alias}: {exc}" for alias, exc in sorted(failed.items()))
+        unfinished.update(rows_removed=rows_removed, error=error)
+        logger.warning("deleting device %s: retried later: %s", deletion.device_id, error)
     else:
-        deletion.error = ""
-        deletion.finished_at = timezone.now()
+        unfinished.update(rows_removed=rows_removed, error="", finished_at=timezone.now())
         logger.info("device %s deleted from the shards: %s", deletion.device_id, removed)
-    deletion.save(update_fields=["rows_removed", "error", "finished_at"])
+    deletion.refresh_from_db()
     return not failed
 
 

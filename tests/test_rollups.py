@@ -1,6 +1,6 @@
 """Rollups on real shards: equal to a direct aggregate, incremental, fenced, and moved.
 
-Readings arrive through the real import (stage_upload + import_upload_now), which
+Readings arrive through the real import (a staged upload + import_upload_now), which
 marks the minutes they touch; every check compares the stored rollups with an
 aggregate computed by different SQL (epoch arithmetic, not date_bin) over the raw
 readings, or over what the test knows it sent where retention deleted them.
@@ -24,7 +24,7 @@ from core.models import AlertRule, Device, User
 from shards.analysis.retention import delete_old_readings
 from shards.analysis.rollups import BATCH_SIZE, roll_up_shard
 from shards.analysis.run import analyse_shard
-from shards.ingest import _import_on_shard, import_upload_now, stage_upload
+from shards.ingest import _import_on_shard, import_upload_now
 from shards.models import Alert, DeviceFence, RawRetention, Reading, ReadingRollup, RollupPending
 from shards.moves.protocol import move_device
 from shards.series import device_series
@@ -43,10 +43,15 @@ def minute_of(moment: datetime) -> datetime:
 
 
 def send(device_id: int, batch: str, readings: list[tuple[str, datetime, float]]) -> None:
-    """One batch through the real staging and import, as a device's upload is."""
+    """One batch through the real import, as a device's upload is imported.
+
+    Staged directly, with no task queued: the session's Celery worker (other tests start
+    it) must not import it at the same time and hold the device's fence while a test
+    runs retention or a rollup, which skip devices with a write in flight.
+    """
     rows = [{"metric": metric, "ts": ts, "value": value} for metric, ts, value in readings]
-    staged = stage_upload(device_id, batch, rows)
-    assert import_upload_now(device_id, staged.upload.pk) == "imported"
+    staged = store_staged(device_id, batch, rows)
+    assert import_upload_now(device_id, staged.pk) == "imported"
 
 
 def irregular(start: datetime, seconds: int, step: int, metric: str = "temp") -> list:
