@@ -42,28 +42,17 @@ from django.test import Client  # noqa: E402
 from core.devices import create_device  # noqa: E402
 from core.models import Device, Placement  # noqa: E402
 from routers.aliases import DIRECTORY_ALIAS  # noqa: E402
-from routers.placement import invalidate_placement, shard_for_device  # noqa: E402
-from routers.registry import refresh_registry  # noqa: E402
-from shards.models import DeviceFence, Reading, Upload  # noqa: E402
-from shards.moves.tables import device_tables  # noqa: E402
+from routers.placement import shard_for_device  # noqa: E402
+from shards.deletion import delete_devices_now  # noqa: E402
+from shards.models import Reading, Upload  # noqa: E402
 
 T0 = datetime(2026, 2, 1, tzinfo=UTC)
 
 
 def delete_devices(device_ids: list[int]) -> None:
     """Every row of these devices on every shard, then the devices (placements go too)."""
-    if not device_ids:
-        return
-    for alias in refresh_registry(force=True):
-        with connections[alias].cursor() as cursor:
-            for table in device_tables():
-                cursor.execute(f"DELETE FROM {table.name} WHERE device_id = ANY(%s)", [device_ids])
-            cursor.execute(
-                f"DELETE FROM {DeviceFence._meta.db_table} WHERE device_id = ANY(%s)", [device_ids]
-            )
-    Device.objects.filter(pk__in=device_ids).delete()
-    for device_id in device_ids:
-        invalidate_placement(device_id)
+    if device_ids:
+        delete_devices_now(device_ids)
 
 
 def fill(alias: str, device_id: int, count: int) -> None:

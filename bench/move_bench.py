@@ -47,14 +47,12 @@ from django.db import connections  # noqa: E402
 
 from core import local_cluster  # noqa: E402
 from core.devices import create_device  # noqa: E402
-from core.models import Device  # noqa: E402
-from routers.placement import invalidate_placement  # noqa: E402
 from routers.registry import refresh_registry  # noqa: E402
-from shards.models import DeviceFence, Reading  # noqa: E402
+from shards.deletion import delete_devices_now  # noqa: E402
+from shards.models import Reading  # noqa: E402
 from shards.moves.protocol import move_device  # noqa: E402
 from shards.moves.report import rows_moved  # noqa: E402
 from shards.moves.streams import pipe_copy, raw_connections  # noqa: E402
-from shards.moves.tables import device_tables  # noqa: E402
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 COPY_TARGET_RATIO = 0.30
@@ -78,16 +76,7 @@ def fill_readings(alias: str, device_id: int, count: int, metrics: int = 10) -> 
 
 
 def delete_everywhere(device_ids: list[int], aliases: list[str]) -> None:
-    for alias in aliases:
-        with connections[alias].cursor() as cursor:
-            for table in device_tables():
-                cursor.execute(f"DELETE FROM {table.name} WHERE device_id = ANY(%s)", [device_ids])
-            cursor.execute(
-                f"DELETE FROM {DeviceFence._meta.db_table} WHERE device_id = ANY(%s)", [device_ids]
-            )
-    Device.objects.filter(pk__in=device_ids).delete()  # placements and move jobs go too
-    for device_id in device_ids:
-        invalidate_placement(device_id)
+    delete_devices_now(device_ids)  # every shard's rows, placements and move jobs
 
 
 def settle(aliases: list[str]) -> None:

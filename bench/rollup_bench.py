@@ -35,14 +35,11 @@ django.setup()
 from django.db import connections, transaction  # noqa: E402
 
 from core.devices import create_device  # noqa: E402
-from core.models import Device  # noqa: E402
-from routers.placement import invalidate_placement  # noqa: E402
 from routers.registry import refresh_registry  # noqa: E402
 from shards.analysis.buckets import BUCKET_ORIGIN  # noqa: E402
 from shards.analysis.rollups import roll_up_shard  # noqa: E402
 from shards.analysis.run import shard_run_lock  # noqa: E402
-from shards.moves.copying import delete_device_rows  # noqa: E402
-from shards.moves.tables import device_tables  # noqa: E402
+from shards.deletion import delete_devices_now  # noqa: E402
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 LOCK_WAIT_SECONDS = 120
@@ -173,11 +170,7 @@ def one_round(alias: str, count: int, metrics: int, late_count: int) -> Round:
             late_minutes=len(backfill.changed),
         )
     finally:
-        with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
-            delete_device_rows(cursor, device_id, device_tables())
-            cursor.execute("DELETE FROM shards_devicefence WHERE device_id = %s", [device_id])
-        Device.objects.filter(pk=device_id).delete()
-        invalidate_placement(device_id)
+        delete_devices_now([device_id])
 
 
 def machine(alias: str) -> str:

@@ -11,11 +11,11 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.conf import settings
 from django.db import connections
 from django.utils import timezone
 
 from routers.fanout import fan_out
+from routers.silos import shard_models
 from shards.models import Upload
 
 _ROWS_SQL = """
@@ -48,13 +48,7 @@ class ShardFigures:
 
 
 def shard_tables() -> list[str]:
-    from django.apps import apps
-
-    return sorted(
-        model._meta.db_table
-        for name in settings.SHARD_APPS
-        for model in apps.get_app_config(name).get_models()
-    )
+    return sorted(model._meta.db_table for model in shard_models())
 
 
 def figures_on_shard(alias: str) -> ShardFigures:

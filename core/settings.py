@@ -105,8 +105,6 @@ DATABASES = {
 DATABASE_ROUTERS = ["routers.db_router.ShardRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# Apps whose models live on shards; every other app lives on the directory.
-SHARD_APPS = {"shards"}
 # Shards inherit the directory's user and password unless the registry names others.
 SHARD_DEFAULT_USER = os.environ.get("SHARD_DEFAULT_USER", DATABASES["default"].get("USER", ""))
 SHARD_DEFAULT_PASSWORD = os.environ.get(

@@ -11,9 +11,10 @@ from typing import Any
 
 from django.db import models
 
-from routers.aliases import DIRECTORY_ALIAS, is_shard_alias, is_shard_app, is_shard_model
+from routers.aliases import DIRECTORY_ALIAS, is_shard_alias
 from routers.errors import MissingDeviceContext
 from routers.placement import shard_for_device
+from routers.silos import is_shard_app, is_shard_model
 
 
 def _shard_for_hints(model: type[models.Model], hints: dict[str, Any]) -> str:

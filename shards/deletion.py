@@ -16,16 +16,16 @@ from typing import Any
 from django.db import connections, transaction
 from django.utils import timezone
 
+from core.celery import app as celery_app
 from core.models import Device, DeviceDeletion
 from routers.fanout import fan_out
 from routers.placement import invalidate_placement
-from shards.models import DeviceFence
+from shards.fence import FENCE_TABLE, fence_state, remove_fence
 from shards.moves.copying import delete_device_rows
-from shards.moves.protocol import fence_state
 from shards.moves.tables import device_tables
 
 logger = logging.getLogger(__name__)
-FENCE_TABLE = DeviceFence._meta.db_table
+PURGE_TASK = "shards.tasks.purge_deleted_device"
 # Deletions one beat tick retries; the rest wait for the next tick.
 RETRY_BATCH = 100
 
@@ -35,8 +35,7 @@ def purge_on_shard(alias: str, device_id: int) -> dict[str, int]:
     with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
         fence_state(cursor, device_id, lock=True)  # writers in flight finish first
         removed = delete_device_rows(cursor, device_id, device_tables())
-        cursor.execute(f"DELETE FROM {FENCE_TABLE} WHERE device_id = %s", [device_id])
-        removed[FENCE_TABLE] = cursor.rowcount
+        removed[FENCE_TABLE] = remove_fence(cursor, device_id)
     return {table: count for table, count in removed.items() if count}
 
 
@@ -62,6 +61,17 @@ def purge_deleted_device(deletion: DeviceDeletion) -> bool:
     return not failed
 
 
+def delete_devices_now(device_ids: list[int]) -> None:
+    """Delete devices and remove their rows from the shards at once, not in the background.
+
+    For tools that clean up after themselves (benchmarks): the same path as the admin's
+    delete, with the purge run here instead of by a task.
+    """
+    Device.objects.filter(pk__in=device_ids).delete()
+    for deletion in DeviceDeletion.objects.filter(device_id__in=device_ids, finished_at=None):
+        purge_deleted_device(deletion)
+
+
 def purge_pending_deletions() -> int:
     """Beat's retry: every unfinished deletion, oldest first; how many finished now."""
     pending = DeviceDeletion.objects.filter(finished_at__isnull=True).order_by("requested_at")
@@ -69,10 +79,9 @@ def purge_pending_deletions() -> int:
 
 
 def queue_purge(deletion_id: int) -> None:
-    from shards.tasks import purge_deleted_device as task
-
+    """Sent by name: shards.tasks calls into this module, never the other way round."""
     try:
-        task.delay(deletion_id)
+        celery_app.send_task(PURGE_TASK, args=(deletion_id,))
     except Exception as exc:  # the broker is down: beat's retry picks the deletion up
         logger.warning("deletion %s not queued (beat retries it): %r", deletion_id, exc)
 

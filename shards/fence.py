@@ -1,18 +1,22 @@
 """The per-device fence: how writes stay correct while a device moves between shards.
 
 Every write for a device runs inside a transaction on the device's shard that
-first takes the device's fence row FOR SHARE and checks that the shard owns the
+first takes the device's fence row FOR SHARE and checks that the shard serves the
 device ('active', or 'copying' while a move copies it). A mover sets the row to
 'fenced' (its UPDATE waits for in-flight writers to commit); writers that meet
 'fenced' wait and try again until the mover sets it to 'moved' (or back to
 'active' on a rollback). A writer that meets 'moved', or a stale cached
 placement, drops the placement and retries on the shard the directory names.
 Writers stall for the fenced window only; they do not fail.
+
+This module owns the fence table: every query on it and every transition of it
+(the writers', the mover's, the cleanup's, the analysis', the statistics') is
+written here, with the state sets DeviceFence names.
 """
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import connections, transaction
@@ -23,10 +27,10 @@ from shards.models import DeviceFence
 
 T = TypeVar("T")
 
+State = DeviceFence.State
+FENCE_TABLE = DeviceFence._meta.db_table
 # Each retry re-reads the placement; two moves in a row are the most a writer meets.
 WRITE_ATTEMPTS = 4
-# States in which the shard owns the device and accepts its writes.
-OWNING_STATES = (DeviceFence.State.ACTIVE, DeviceFence.State.COPYING)
 # A writer that meets a fenced device polls with this back-off, in seconds.
 FENCE_POLL_FIRST = 0.005
 FENCE_POLL_MAX = 0.05
@@ -52,12 +56,12 @@ def lock_fence(device_id: int, alias: str, *, deleting: bool = False) -> None:
     """
     with connections[alias].cursor() as cursor:
         cursor.execute(
-            f"SELECT state FROM {DeviceFence._meta.db_table} WHERE device_id = %s FOR SHARE",
+            f"SELECT state FROM {FENCE_TABLE} WHERE device_id = %s FOR SHARE",
             [device_id],
         )
         row = cursor.fetchone()
     state = row[0] if row else None
-    allowed = (DeviceFence.State.ACTIVE,) if deleting else OWNING_STATES
+    allowed = DeviceFence.DELETABLE if deleting else DeviceFence.SERVING
     if state not in allowed:
         raise DeviceMoved(device_id, alias, state)
 
@@ -79,13 +83,13 @@ def lock_owned_devices(
     device with a write in flight is skipped too), for work that must see a
     device's rows hold still between two statements.
     """
-    states = [DeviceFence.State.ACTIVE] if deleting else list(OWNING_STATES)
+    states = list(DeviceFence.DELETABLE if deleting else DeviceFence.SERVING)
     only = "" if device_ids is None else "AND device_id = ANY(%s)"
     params: list = [states] if device_ids is None else [states, device_ids]
     mode = "FOR NO KEY UPDATE" if exclusive else "FOR SHARE"
     with connections[alias].cursor() as cursor:
         cursor.execute(
-            f"SELECT device_id FROM {DeviceFence._meta.db_table}"
+            f"SELECT device_id FROM {FENCE_TABLE}"
             f" WHERE state = ANY(%s) {only} ORDER BY device_id {mode} SKIP LOCKED",
             params,
         )
@@ -110,9 +114,7 @@ def write_for_device(device: object, write: Callable[[str], T], *, deleting: boo
                 lock_fence(device_id, alias, deleting=deleting)
                 return write(alias)
         except DeviceMoved as exc:
-            waiting = exc.state == DeviceFence.State.FENCED or (
-                deleting and exc.state == DeviceFence.State.COPYING
-            )
+            waiting = exc.state == State.FENCED or (deleting and exc.state == State.COPYING)
             if waiting:
                 if time.monotonic() + pause > deadline:
                     raise
@@ -135,5 +137,90 @@ def open_fence(device_id: int, alias: str, *, epoch: int = 1) -> None:
     """Make `alias` the device's owner on the shard side (idempotent)."""
     DeviceFence.objects.on_shard(alias).update_or_create(
         device_id=device_id,
-        defaults={"state": DeviceFence.State.ACTIVE, "epoch": epoch},
+        defaults={"state": State.ACTIVE, "epoch": epoch},
     )
+
+
+# -- the shard's devices, for statistics, costs, drains and sweeps -------------------------
+
+# The devices this shard holds as their owner (a move's fence included; a moved device's
+# leftovers awaiting cleanup not), as a subquery other statements embed.
+HELD_DEVICES_SQL = (
+    f"SELECT device_id FROM {FENCE_TABLE}"
+    f" WHERE state IN ({', '.join(repr(str(state)) for state in DeviceFence.HELD)})"
+)
+
+
+def held_device_ids(cursor: Any) -> list[int]:
+    cursor.execute(HELD_DEVICES_SQL)
+    return [row[0] for row in cursor.fetchall()]
+
+
+def count_held_devices(cursor: Any) -> int:
+    cursor.execute(f"SELECT count(*) FROM ({HELD_DEVICES_SQL}) held")
+    return cursor.fetchone()[0]
+
+
+def has_no_fence_sql(device_column: str) -> str:
+    """SQL that is true when the device in `device_column` has no fence row here at all."""
+    return f"NOT EXISTS (SELECT 1 FROM {FENCE_TABLE} f WHERE f.device_id = {device_column})"
+
+
+# -- transitions: the mover, the cleanup and a device's deletion -----------------------------
+# Each takes a cursor in the caller's transaction (a raw psycopg2 connection for movers).
+
+
+def fence_state(cursor: Any, device_id: int, *, lock: bool = False) -> str | None:
+    """The device's fence state here (None: no row); `lock` holds the row FOR UPDATE."""
+    cursor.execute(
+        f"SELECT state FROM {FENCE_TABLE} WHERE device_id = %s" + (" FOR UPDATE" if lock else ""),
+        [device_id],
+    )
+    row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def fence_state_and_since(cursor: Any, device_id: int) -> tuple[str | None, Any]:
+    """(state, when it last changed), or (None, None) without a row."""
+    cursor.execute(f"SELECT state, updated_at FROM {FENCE_TABLE} WHERE device_id = %s", [device_id])
+    return cursor.fetchone() or (None, None)
+
+
+def set_fence(cursor: Any, device_id: int, new_state: str, from_states: tuple, **extra: Any) -> int:
+    """Move the fence row to `new_state` if it is in one of `from_states`; rows changed.
+
+    The UPDATE waits for writers holding the row FOR SHARE, so after it commits no
+    write that began under the old state is still running.
+    """
+    assignments = ", ".join(
+        ["state = %(state)s", "updated_at = now()"]
+        + [f"{column} = %({column})s" for column in extra]
+    )
+    cursor.execute(
+        f"UPDATE {FENCE_TABLE} SET {assignments}"
+        " WHERE device_id = %(device_id)s AND state = ANY(%(from_states)s)",
+        {"state": new_state, "device_id": device_id, "from_states": list(from_states), **extra},
+    )
+    return cursor.rowcount
+
+
+def open_pending(cursor: Any, device_id: int, epoch: int) -> None:
+    """A move's target: the fence row 'pending' (copies arrive; nothing is served yet)."""
+    cursor.execute(
+        f"INSERT INTO {FENCE_TABLE} (device_id, state, epoch, updated_at)"
+        " VALUES (%s, %s, %s, now()) ON CONFLICT (device_id) DO UPDATE"
+        " SET state = excluded.state, epoch = excluded.epoch, updated_at = now()",
+        [device_id, State.PENDING, epoch],
+    )
+
+
+def remove_fence(cursor: Any, device_id: int, states: tuple | None = None) -> int:
+    """Delete the fence row (only in one of `states`, when given); rows deleted."""
+    if states is None:
+        cursor.execute(f"DELETE FROM {FENCE_TABLE} WHERE device_id = %s", [device_id])
+    else:
+        cursor.execute(
+            f"DELETE FROM {FENCE_TABLE} WHERE device_id = %s AND state = ANY(%s)",
+            [device_id, list(states)],
+        )
+    return cursor.rowcount

@@ -20,6 +20,7 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 from redis.exceptions import RedisError
 
+from core.celery import app as celery_app
 from routers.errors import UnknownDevice
 from shards.analysis.buckets import BUCKET_ORIGIN
 from shards.fence import write_for_device
@@ -37,6 +38,7 @@ PENDING_TABLE = RollupPending._meta.db_table
 # later sweeps instead of flooding the broker with duplicates all at once.
 SWEEP_LIMIT = 1000
 
+IMPORT_TASK = "shards.tasks.import_upload"
 # A broker outage must cost the device request a fraction of a second, not seconds:
 # the upload is already durable and the sweeper queues it later.
 PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.1}
@@ -122,11 +124,14 @@ def payload_of(readings: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def queue_import(device_id: int, upload_id: int) -> bool:
-    """Queue the import task; a broker outage is logged, not raised (the sweeper retries)."""
-    from shards.tasks import import_upload
+    """Queue the import task; a broker outage is logged, not raised (the sweeper retries).
 
+    Sent by name: shards.tasks calls into this module, never the other way round.
+    """
     try:
-        import_upload.apply_async((device_id, upload_id), retry_policy=PUBLISH_RETRY_POLICY)
+        celery_app.send_task(
+            IMPORT_TASK, args=(device_id, upload_id), retry_policy=PUBLISH_RETRY_POLICY
+        )
     except (BrokerError, RedisError, OSError) as exc:
         logger.warning(
             "could not queue import of upload %s (device %s); the sweeper will: %s",
@@ -263,9 +268,7 @@ def sweep_staged_uploads(alias: str, older_than_seconds: int) -> int:
     cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
     # Uploads of devices moved away are imported where the device lives now (their
     # copies came along); the copies left here until cleanup are not queued again.
-    owned = DeviceFence.objects.on_shard(alias).exclude(
-        state__in=[DeviceFence.State.MOVED, DeviceFence.State.PENDING]
-    )
+    owned = DeviceFence.objects.on_shard(alias).filter(state__in=DeviceFence.HELD)
     # status + received_at: served by the partial index upload_staged_idx.
     stale = (
         Upload.objects.on_shard(alias)

@@ -9,20 +9,20 @@ from decimal import Decimal
 
 from django.db import models
 
-from routers.managers import ShardManager
+from routers.silos import ShardModel
 from shards.analysis.aggregates import bucket_mean
 from shards.ids import ClusterIdField, ClusterIdManager
 
 
-class ShardIdentity(models.Model):
+class ShardIdentity(ShardModel):
     """The single row that tells a shard database which registry number it carries."""
+
+    per_shard = True  # about the shard itself, not a device
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
     alias = models.CharField(max_length=63)
     number = models.PositiveSmallIntegerField()
     registered_at = models.DateTimeField(auto_now=True)
-
-    objects = ShardManager()
 
     class Meta:
         constraints = [models.CheckConstraint(condition=models.Q(id=1), name="one_identity_row")]
@@ -31,7 +31,7 @@ class ShardIdentity(models.Model):
         return f"{self.alias} (number {self.number})"
 
 
-class DeviceFence(models.Model):
+class DeviceFence(ShardModel):
     """Per-device guard: writes take it FOR SHARE and proceed only while it is active here."""
 
     class State(models.TextChoices):
@@ -41,18 +41,25 @@ class DeviceFence(models.Model):
         FENCED = "fenced", "fenced (a move is finishing)"
         MOVED = "moved", "moved (another shard owns the device)"
 
+    # The named sets of states, defined once; shards/fence.py applies them.
+    # Writes are taken, and reads served, here (the owner, maybe being copied).
+    SERVING = (State.ACTIVE, State.COPYING)
+    # Rows may be deleted (retention, a device's deletion): no move is copying them.
+    DELETABLE = (State.ACTIVE,)
+    # This shard holds the device as its owner, a move's fence included: what counts
+    # towards the shard's devices and rows (a moved device's leftovers do not).
+    HELD = (State.ACTIVE, State.COPYING, State.FENCED)
+
     device_id = models.BigIntegerField(primary_key=True)
     state = models.CharField(max_length=16, choices=State.choices, default=State.ACTIVE)
     epoch = models.PositiveIntegerField(default=1, help_text="The placement epoch it belongs to.")
     updated_at = models.DateTimeField(auto_now=True)
 
-    objects = ShardManager()
-
     def __str__(self) -> str:
         return f"device {self.device_id}: {self.state}"
 
 
-class Upload(models.Model):
+class Upload(ShardModel):
     """A device's batch as received, stored before import so nothing acknowledged is lost."""
 
     class Status(models.TextChoices):
@@ -94,7 +101,7 @@ class Upload(models.Model):
         return f"upload {self.pk} ({self.status})"
 
 
-class Reading(models.Model):
+class Reading(ShardModel):
     """One measured value; (device, metric, ts) is unique so a re-import cannot double it."""
 
     pk = models.CompositePrimaryKey("device_id", "metric", "ts")
@@ -103,13 +110,11 @@ class Reading(models.Model):
     ts = models.DateTimeField()
     value = models.FloatField()
 
-    objects = ShardManager()
-
     def __str__(self) -> str:
         return f"{self.device_id} {self.metric}@{self.ts:%Y-%m-%dT%H:%M:%S}={self.value}"
 
 
-class LatestValue(models.Model):
+class LatestValue(ShardModel):
     """The newest reading per device and metric, for dashboards that must not scan readings."""
 
     pk = models.CompositePrimaryKey("device_id", "metric")
@@ -119,13 +124,11 @@ class LatestValue(models.Model):
     value = models.FloatField()
     updated_at = models.DateTimeField(auto_now=True)
 
-    objects = ShardManager()
-
     def __str__(self) -> str:
         return f"{self.device_id} {self.metric}={self.value}"
 
 
-class Command(models.Model):
+class Command(ShardModel):
     """An instruction for a device, left by a user and picked up when the device reports."""
 
     class Status(models.TextChoices):
@@ -161,7 +164,7 @@ class Command(models.Model):
         return f"command {self.pk} {self.name} ({self.status})"
 
 
-class DeviceStatus(models.Model):
+class DeviceStatus(ShardModel):
     """When a device's data last arrived, kept per device so dashboards need not scan uploads."""
 
     device_id = models.BigIntegerField(primary_key=True)
@@ -171,13 +174,11 @@ class DeviceStatus(models.Model):
     )
     updated_at = models.DateTimeField(auto_now=True)
 
-    objects = ShardManager()
-
     def __str__(self) -> str:
         return f"device {self.device_id}: last seen {self.last_seen_at}"
 
 
-class Alert(models.Model):
+class Alert(ShardModel):
     """A condition noticed on a device; at most one unresolved alert per device and condition.
 
     Raised by the analysis tasks (offline, thresholds, anomalies), acknowledged by a
@@ -227,7 +228,7 @@ class Alert(models.Model):
         return f"alert {self.pk} {self.condition} ({self.state})"
 
 
-class RollupPending(models.Model):
+class RollupPending(ShardModel):
     """A minute of a device's metric whose rollups are stale: the import marks it, the rollup
     step recomputes it and deletes the mark.
 
@@ -242,8 +243,6 @@ class RollupPending(models.Model):
     metric = models.CharField(max_length=64)
     minute = models.DateTimeField()
     marked_at = models.DateTimeField()
-
-    objects = ShardManager()
 
     def __str__(self) -> str:
         return f"{self.device_id} {self.metric}@{self.minute:%Y-%m-%dT%H:%M} pending"
@@ -265,7 +264,7 @@ class NumericField(models.Field):
         return None if value is None else Decimal(value)
 
 
-class ReadingRollup(models.Model):
+class ReadingRollup(ShardModel):
     """Count, min, max and sum of one device's metric over one UTC minute, hour or day.
 
     Minutes come from raw readings, hours from minutes, days from hours. The sum is
@@ -290,8 +289,6 @@ class ReadingRollup(models.Model):
     sum = NumericField()
     last_ts = models.DateTimeField(help_text="The newest reading in the bucket.")
 
-    objects = ShardManager()
-
     def __str__(self) -> str:
         return f"{self.device_id} {self.metric} {self.granularity}@{self.bucket:%Y-%m-%dT%H:%M}"
 
@@ -300,7 +297,7 @@ class ReadingRollup(models.Model):
         return bucket_mean(self.sum, self.count, self.min, self.max)
 
 
-class RawRetention(models.Model):
+class RawRetention(ShardModel):
     """Where a device's raw readings start since retention deleted older ones.
 
     Always the start of a UTC day. A reading that arrives for a time before it finds
@@ -310,8 +307,6 @@ class RawRetention(models.Model):
 
     device_id = models.BigIntegerField(primary_key=True)
     raw_since = models.DateTimeField()
-
-    objects = ShardManager()
 
     def __str__(self) -> str:
         return f"device {self.device_id}: raw readings since {self.raw_since:%Y-%m-%d}"

@@ -6,18 +6,13 @@ from typing import Any
 from django.db import connections
 
 from routers.fanout import fan_out
-from shards.models import Command, DeviceFence, Reading, Upload
+from shards.fence import HELD_DEVICES_SQL
+from shards.models import Command, Reading, Upload
 
-# Only devices this shard owns count: a moved device's rows linger until cleanup.
-_OWNED = (
-    f"device_id IN (SELECT device_id FROM {DeviceFence._meta.db_table}"
-    " WHERE state IN ('active', 'copying', 'fenced'))"
-)
+# Only devices this shard holds count: a moved device's rows linger until cleanup.
+_OWNED = f"device_id IN ({HELD_DEVICES_SQL})"
 _COUNT_SQL = {
-    "devices": (
-        f"SELECT count(*) FROM {DeviceFence._meta.db_table}"
-        " WHERE state IN ('active', 'copying', 'fenced')"
-    ),
+    "devices": f"SELECT count(*) FROM ({HELD_DEVICES_SQL}) held",
     "readings": f"SELECT count(*) FROM {Reading._meta.db_table} WHERE {_OWNED}",
     "uploads_staged": (
         f"SELECT count(*) FROM {Upload._meta.db_table} WHERE status = 'staged' AND {_OWNED}"

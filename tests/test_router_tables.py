@@ -7,9 +7,10 @@ from django.db import router
 from core.models import Device, Shard, User
 from routers.db_router import ShardRouter
 from routers.errors import MissingDeviceContext
+from routers.silos import shard_models
 from shards.models import Command, Reading, Upload
 
-SHARD_MODELS = {m for m in apps.get_models() if m._meta.app_label == "shards"}
+SHARD_MODELS = set(shard_models())
 DIRECTORY_MODELS = set(apps.get_models()) - SHARD_MODELS
 
 

@@ -32,8 +32,8 @@ from django.db import DatabaseError, connections, transaction
 
 from shards.analysis.aggregates import safe_sum
 from shards.analysis.buckets import BUCKET_ORIGIN, MinuteBucket
-from shards.fence import lock_owned_devices
-from shards.models import DeviceFence, RawRetention, Reading, ReadingRollup, RollupPending
+from shards.fence import has_no_fence_sql, lock_owned_devices
+from shards.models import RawRetention, Reading, ReadingRollup, RollupPending
 
 logger = logging.getLogger(__name__)
 
@@ -238,9 +238,8 @@ def _drop_orphan_marks(cursor, device_ids: set[int]) -> set[int]:
     never be claimed and would be counted as skipped on every run.
     """
     cursor.execute(
-        f"DELETE FROM {PENDING} p WHERE p.device_id = ANY(%s) AND NOT EXISTS"
-        f" (SELECT 1 FROM {DeviceFence._meta.db_table} f WHERE f.device_id = p.device_id)"
-        " RETURNING p.device_id",
+        f"DELETE FROM {PENDING} p WHERE p.device_id = ANY(%s)"
+        f" AND {has_no_fence_sql('p.device_id')} RETURNING p.device_id",
         [sorted(device_ids)],
     )
     orphans = {row[0] for row in cursor.fetchall()}

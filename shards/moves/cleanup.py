@@ -11,9 +11,9 @@ import logging
 from django.utils import timezone
 
 from core.models import MoveJob, Placement, Shard
+from shards.fence import fence_state
 from shards.models import DeviceFence
 from shards.moves.copying import delete_device_rows
-from shards.moves.protocol import fence_state
 from shards.moves.streams import raw_connections
 from shards.moves.tables import device_tables
 

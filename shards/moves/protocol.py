@@ -38,6 +38,14 @@ from core.models import MoveJob, Placement, Rebalance, Shard
 from routers.aliases import DIRECTORY_ALIAS
 from routers.placement import remember_placement
 from routers.registry import ensure_shard_connection
+from routers.silos import shard_apps
+from shards.fence import (
+    fence_state,
+    fence_state_and_since,
+    open_pending,
+    remove_fence,
+    set_fence,
+)
 from shards.models import DeviceFence
 from shards.moves.copying import copy_device_rows, delete_device_rows
 from shards.moves.streams import raw_connections
@@ -48,7 +56,6 @@ logger = logging.getLogger(__name__)
 
 Phase = MoveJob.Phase
 Fence = DeviceFence.State
-FENCE_TABLE = DeviceFence._meta.db_table
 # pg_advisory_lock(namespace, job id): one process runs a given job at a time.
 MOVE_LOCK_NAMESPACE = 7401
 # The mover waits this long for in-flight writers when fencing, then gives up.
@@ -77,7 +84,7 @@ def _applied_shard_migrations(alias: str) -> set[tuple[str, str]]:
     with connections[alias].cursor() as cursor:
         cursor.execute(
             "SELECT app, name FROM django_migrations WHERE app = ANY(%s)",
-            [sorted(settings.SHARD_APPS)],
+            [sorted(shard_apps())],
         )
         return set(cursor.fetchall())
 
@@ -154,28 +161,6 @@ def _advance(job: MoveJob, phase: str, **fields: Any) -> None:
     job.save()
 
 
-def _set_fence(cursor: Any, device_id: int, new_state: str, from_states: tuple, **extra) -> int:
-    """UPDATE the fence row if it is in one of `from_states`; returns rows changed (0 or 1)."""
-    assignments = ", ".join(["state = %(state)s", "updated_at = now()"] + [
-        f"{column} = %({column})s" for column in extra
-    ])  # fmt: skip
-    cursor.execute(
-        f"UPDATE {FENCE_TABLE} SET {assignments}"
-        " WHERE device_id = %(device_id)s AND state = ANY(%(from_states)s)",
-        {"state": new_state, "device_id": device_id, "from_states": list(from_states), **extra},
-    )
-    return cursor.rowcount
-
-
-def fence_state(cursor: Any, device_id: int, *, lock: bool = False) -> str | None:
-    cursor.execute(
-        f"SELECT state FROM {FENCE_TABLE} WHERE device_id = %s" + (" FOR UPDATE" if lock else ""),
-        [device_id],
-    )
-    row = cursor.fetchone()
-    return row[0] if row else None
-
-
 class _Mover:
     """Runs one job's remaining phases over raw connections to its two shards."""
 
@@ -199,17 +184,12 @@ class _Mover:
                     f"{self.job.target_id} already owns device {self.device_id} (fence {state})"
                 )
             delete_device_rows(cursor, self.device_id, self.tables)
-            cursor.execute(
-                f"INSERT INTO {FENCE_TABLE} (device_id, state, epoch, updated_at)"
-                " VALUES (%s, %s, %s, now()) ON CONFLICT (device_id) DO UPDATE"
-                " SET state = excluded.state, epoch = excluded.epoch, updated_at = now()",
-                [self.device_id, Fence.PENDING, self.job.epoch],
-            )
+            open_pending(cursor, self.device_id, self.job.epoch)
         self.target.commit()
         with self.source.cursor() as cursor:
             cursor.execute(f"SET LOCAL lock_timeout = '{FENCE_LOCK_TIMEOUT}'")
             owned = (Fence.ACTIVE, Fence.COPYING, Fence.FENCED)
-            if not _set_fence(cursor, self.device_id, Fence.COPYING, owned):
+            if not set_fence(cursor, self.device_id, Fence.COPYING, owned):
                 raise MoveError(
                     f"{self.job.source_id} does not own device {self.device_id}"
                     f" (fence {fence_state(cursor, self.device_id)})"
@@ -226,11 +206,7 @@ class _Mover:
         _crash_point("copied")
         with self.source.cursor() as cursor:
             cursor.execute(f"SET LOCAL lock_timeout = '{FENCE_LOCK_TIMEOUT}'")
-            cursor.execute(
-                f"SELECT state, updated_at FROM {FENCE_TABLE} WHERE device_id = %s",
-                [self.device_id],
-            )
-            state, since = cursor.fetchone() or (None, None)
+            state, since = fence_state_and_since(cursor, self.device_id)
             if state == Fence.FENCED:
                 # Fenced by this job before a crash: writers have waited since then.
                 fenced_at = since
@@ -238,7 +214,7 @@ class _Mover:
                 self.fence_started = time.monotonic()
                 fenced_at = timezone.now()
                 # Waits for writers holding the row FOR SHARE; new ones queue behind it.
-                if not _set_fence(cursor, self.device_id, Fence.FENCED, (Fence.COPYING,)):
+                if not set_fence(cursor, self.device_id, Fence.FENCED, (Fence.COPYING,)):
                     raise MoveError(
                         f"device {self.device_id}'s fence on {self.job.source_id} is"
                         f" {fence_state(cursor, self.device_id)}, not copying"
@@ -272,7 +248,7 @@ class _Mover:
 
     def activate_target(self) -> None:
         with self.target.cursor() as cursor:
-            done = _set_fence(
+            done = set_fence(
                 cursor,
                 self.device_id,
                 Fence.ACTIVE,
@@ -312,7 +288,7 @@ class _Mover:
     def release_writers(self) -> None:
         """Source fence 'moved': held writers wake, look the device up again, land on target."""
         with self.source.cursor() as cursor:
-            _set_fence(
+            set_fence(
                 cursor,
                 self.device_id,
                 Fence.MOVED,
@@ -331,13 +307,10 @@ class _Mover:
         with self.target.cursor() as cursor:
             fence_state(cursor, self.device_id, lock=True)
             delete_device_rows(cursor, self.device_id, self.tables)
-            cursor.execute(
-                f"DELETE FROM {FENCE_TABLE} WHERE device_id = %s AND state = ANY(%s)",
-                [self.device_id, [Fence.PENDING, Fence.ACTIVE]],
-            )
+            remove_fence(cursor, self.device_id, (Fence.PENDING, Fence.ACTIVE))
         self.target.commit()
         with self.source.cursor() as cursor:
-            _set_fence(
+            set_fence(
                 cursor, self.device_id, Fence.ACTIVE, (Fence.COPYING, Fence.FENCED, Fence.ACTIVE)
             )
         self.source.commit()

@@ -2,9 +2,7 @@
 
 from dataclasses import dataclass
 
-from django.apps import apps
-from django.conf import settings
-
+from routers.silos import shard_models
 from shards.models import DeviceFence
 
 
@@ -40,14 +38,11 @@ def device_tables() -> list[DeviceTable]:
     The fence is the move's own bookkeeping: each shard keeps its own row.
     """
     tables = []
-    for app_label in sorted(settings.SHARD_APPS):
-        for model in apps.get_app_config(app_label).get_models():
-            meta = model._meta
-            if model is DeviceFence or not meta.managed or meta.proxy:
-                continue
-            columns = tuple(field.column for field in meta.concrete_fields)
-            if "device_id" not in columns:
-                continue
-            keys = tuple(field.column for field in meta.pk_fields)
-            tables.append(DeviceTable(meta.db_table, columns, keys))
+    for model in shard_models():
+        meta = model._meta
+        if model is DeviceFence or model.per_shard or not meta.managed or meta.proxy:
+            continue
+        columns = tuple(field.column for field in meta.concrete_fields)
+        keys = tuple(field.column for field in meta.pk_fields)
+        tables.append(DeviceTable(meta.db_table, columns, keys))
     return sorted(tables, key=lambda table: table.name)

@@ -12,16 +12,12 @@ from django.db import connections
 
 from core.models import MoveJob, Placement, Rebalance, Shard
 from routers.fanout import fan_out
-from shards.models import DeviceFence
+from shards.fence import HELD_DEVICES_SQL
 from shards.moves.tables import device_tables
 from shards.rebalance.planner import DeviceSpec, ShardSpec
 
 COSTS = tuple(Rebalance.Cost.values)
-OWNED_STATES = ("active", "copying", "fenced")
-_OWNED = (
-    f"SELECT device_id FROM {DeviceFence._meta.db_table}"
-    f" WHERE state IN ({', '.join(repr(state) for state in OWNED_STATES)})"
-)
+_OWNED = HELD_DEVICES_SQL
 _PER_DEVICE = {
     "rows": "SELECT device_id, count(*) FROM {table} t WHERE device_id IN ({owned})"
     " GROUP BY device_id",

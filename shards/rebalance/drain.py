@@ -19,9 +19,8 @@ from django.utils import timezone
 
 from core.models import MoveJob, Placement, Shard
 from routers.registry import ensure_shard_connection, refresh_registry
-from shards.models import DeviceFence
+from shards.fence import count_held_devices
 from shards.moves.cleanup import clean_up_move
-from shards.rebalance.costs import OWNED_STATES
 from shards.rebalance.runner import RebalanceError
 
 
@@ -134,11 +133,7 @@ class RetireStatus:
 def _owned_on_shard(alias: str) -> int:
     ensure_shard_connection(alias)
     with connections[alias].cursor() as cursor:
-        cursor.execute(
-            f"SELECT count(*) FROM {DeviceFence._meta.db_table} WHERE state = ANY(%s)",
-            [list(OWNED_STATES)],
-        )
-        return cursor.fetchone()[0]
+        return count_held_devices(cursor)
 
 
 def try_retire(alias: str) -> RetireStatus:
