@@ -350,6 +350,10 @@ class MoveJob(models.Model):
     phase = models.CharField(max_length=16, choices=Phase.choices, default=Phase.CREATED)
     epoch = models.PositiveIntegerField(help_text="The placement epoch the device gets on arrival.")
     snapshot = models.TextField(blank=True, help_text="Source snapshot of the bulk copy.")
+    changes_horizon = models.BigIntegerField(
+        default=0,
+        help_text="Changes the source logged in transactions before this id are copied.",
+    )
     rows_copied = models.JSONField(default=dict, blank=True, help_text="Rows per table.")
     verification = models.JSONField(default=dict, blank=True)
     stall_ms = models.FloatField(

@@ -30,6 +30,9 @@ class ShardModel(models.Model):
 
     # True for rows about the shard itself rather than one device (no device_id).
     per_shard = False
+    # False for a shard's own bookkeeping about a device (its fence, a move's change
+    # log): each shard keeps its own, and moving the device leaves it where it is.
+    moves_with_device = True
 
     objects = ShardManager()
 

@@ -34,6 +34,8 @@ class ShardIdentity(ShardModel):
 class DeviceFence(ShardModel):
     """Per-device guard: writes take it FOR SHARE and proceed only while it is active here."""
 
+    moves_with_device = False  # each shard keeps its own row
+
     class State(models.TextChoices):
         PENDING = "pending", "pending (being copied here)"
         ACTIVE = "active", "active (this shard owns the device)"
@@ -310,3 +312,41 @@ class RawRetention(ShardModel):
 
     def __str__(self) -> str:
         return f"device {self.device_id}: raw readings since {self.raw_since:%Y-%m-%d}"
+
+
+class MoveCapture(ShardModel):
+    """A device a move is copying from this shard: its changed rows are logged meanwhile.
+
+    Statement triggers on every device table (shards.moves.capture) write the keys of
+    the rows changed for such a device into MoveChange, so the move copies and checks
+    only those inside its fenced window, however many rows the device has.
+    """
+
+    moves_with_device = False
+
+    device_id = models.BigIntegerField(primary_key=True)
+    started_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"changes of device {self.device_id} captured since {self.started_at}"
+
+
+class MoveChange(ShardModel):
+    """The key of one row changed (inserted or updated) while its device was being copied."""
+
+    moves_with_device = False
+
+    id = models.BigAutoField(primary_key=True)
+    device_id = models.BigIntegerField()
+    table_name = models.CharField(max_length=63)
+    key = models.JSONField(help_text="The row's primary key columns and values.")
+    xact = models.BigIntegerField(
+        help_text="The writing transaction's id: commits come out of order, so a pass of the"
+        " move copies by transaction horizon, not by log position."
+    )
+
+    class Meta:
+        indexes = [models.Index(fields=["device_id", "xact"], name="move_change_device_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.table_name} {self.key} of device {self.device_id}"

@@ -3,6 +3,9 @@
 import pytest
 from django.db import connections
 
+from routers.silos import shard_models
+from shards.moves.capture import tables_without_capture
+from shards.moves.tables import device_tables
 from tests.conftest import TEST_SHARDS
 
 
@@ -19,20 +22,15 @@ def test_directory_has_directory_tables_only(shards):
 @pytest.mark.parametrize("alias", TEST_SHARDS)
 def test_shards_have_shard_tables_only(shards, alias):
     names = tables(alias)
-    expected = {
-        "shards_shardidentity",
-        "shards_devicefence",
-        "shards_upload",
-        "shards_reading",
-        "shards_latestvalue",
-        "shards_command",
-        "shards_devicestatus",
-        "shards_alert",
-        "shards_rolluppending",
-        "shards_readingrollup",
-        "shards_rawretention",
-    }
+    expected = {model._meta.db_table for model in shard_models()}
+    assert {"shards_reading", "shards_devicefence", "shards_movechange"} <= expected
     assert names == expected | {"django_migrations"}
+
+
+@pytest.mark.parametrize("alias", TEST_SHARDS)
+def test_every_table_a_device_moves_with_logs_its_changes(shards, alias):
+    with connections[alias].cursor() as cursor:
+        assert tables_without_capture(cursor, device_tables()) == []
 
 
 @pytest.mark.parametrize("alias", TEST_SHARDS)

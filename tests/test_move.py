@@ -28,7 +28,7 @@ from routers.placement import remember_placement, shard_for_device
 from shards.commands import create_command, deliver_pending, report_result
 from shards.fence import write_for_device
 from shards.ingest import _import_on_shard, import_upload_now, stage_upload
-from shards.models import Command, Reading, Upload
+from shards.models import Command, MoveCapture, MoveChange, Reading, Upload
 from shards.moves.cleanup import clean_up_due_moves, clean_up_move
 from shards.moves.protocol import MoveVerificationFailed, move_device, start_move
 from tests.factories import T0, make_device
@@ -91,7 +91,8 @@ def test_a_move_copies_every_row_with_its_id_and_state(three_shards, settings, t
     assert {t: entry["rows"] for t, entry in job.verification["tables"].items()} == counts
     assert {t: entry["target_rows"] for t, entry in job.verification["tables"].items()} == counts
     assert job.rows_copied["bulk"] == counts
-    assert set(job.rows_copied["remainder"].values()) == {0}  # nobody wrote meanwhile
+    assert job.rows_copied["remainder"] == {}  # nobody wrote meanwhile: nothing to copy again
+    assert [p["tables"] for p in job.verification["changes"]["passes"]] == [{}]  # the fenced one
     assert job.stall_ms is not None and job.stall_ms > 0
     assert job.switched_at is not None and job.cleanup_after == job.switched_at
 
@@ -478,22 +479,22 @@ def test_uploads_and_imports_go_on_while_devices_move_around(three_shards, setti
 
 
 def test_a_copy_that_differs_is_rolled_back_and_the_row_is_named(shards):
+    """The bulk copy is checked before the source is fenced: its writers never wait."""
     device = make_device(shard="shard_1").device
     populate_device(device, uploads=1)
     before = device_rows("shard_1", device.pk)
     stray_ts = T0 - timedelta(days=1)
-    writer = Background(lambda: create_command(device.pk, "held"), "held-writer")
+    writer = Background(lambda: create_command(device.pk, "during"), "writer")
 
     def tamper(job: MoveJob) -> None:
-        if job.phase == Phase.FENCED:  # bulk copy done: a row appears on the target only
+        if job.phase == Phase.COPYING:  # before the bulk copy: a row only the target has
             with connections["shard_2"].cursor() as cursor:
                 cursor.execute(
                     f"INSERT INTO {READINGS} (device_id, metric, ts, value)"
                     " VALUES (%s, 'stray', %s, -1)",
                     [device.pk, stray_ts],
                 )
-            writer.start()  # held by the fence; must land on the source after the rollback
-            time.sleep(0.1)
+            writer.start()  # not held: the copy fails before any fence
 
     with pytest.raises(MoveVerificationFailed) as failure:
         move_device(device.pk, "shard_2", on_phase=tamper)
@@ -502,6 +503,7 @@ def test_a_copy_that_differs_is_rolled_back_and_the_row_is_named(shards):
     assert f"{READINGS} {device.pk}/stray/" in message and "only on target" in message
     job = MoveJob.objects.get(device=device)
     assert job.phase == Phase.FAILED and job.finished_at is not None
+    assert job.fenced_at is None and job.stall_ms is None  # writers never waited
     assert job.error == message
     assert job.verification["ok"] is False
     [mismatch] = job.verification["mismatches"]
@@ -514,6 +516,8 @@ def test_a_copy_that_differs_is_rolled_back_and_the_row_is_named(shards):
     assert fence_of("shard_1", device.pk) == ("active", 1)
     assert fence_of("shard_2", device.pk) is None
     assert total_rows("shard_2", device.pk) == 0
+    assert not MoveCapture.objects.on_shard("shard_1").exists()  # the change log is gone
+    assert not MoveChange.objects.on_shard("shard_1").exists()
 
     command = writer.outcome()
     assert command._state.db == "shard_1"
@@ -628,3 +632,61 @@ def test_move_device_json_reports_the_job(shards):
     assert [(entry["job"], entry["phase"]) for entry in listed] == [(job.pk, Phase.RELEASED)]
     human = run("move_device", "--list")
     assert f"move {job.pk}: device {device.pk} shard_1 -> shard_2 [released]" in human
+
+
+def test_rows_changed_during_the_copy_are_copied_and_checked_by_key(shards):
+    """Rows written while the device is copied are logged, copied by key and checked."""
+    device = make_device(shard="shard_1").device
+    populate_device(device, uploads=20, per_upload=200)  # a bulk copy that takes a while
+    written: list[int] = []
+    moving = threading.Event()
+
+    def write_while_moving() -> None:
+        while not moving.is_set():
+            written.append(create_command(device.pk, "during").pk)
+
+    writer = threading.Thread(target=write_while_moving)
+    writer.start()
+    try:
+        job = move_device(device.pk, "shard_2")
+    finally:
+        moving.set()
+        writer.join()
+
+    assert job.phase == Phase.RELEASED and job.verification["ok"] is True
+    checked = [
+        p["tables"][COMMANDS]["changed_rows"]
+        for p in job.verification["changes"]["passes"]
+        if COMMANDS in p["tables"]
+    ]
+    assert checked and sum(checked) >= 1  # some writes came after the bulk snapshot
+    commands_there = {row[0] for row in device_rows("shard_2", device.pk)[COMMANDS]}
+    commands_here = {row[0] for row in device_rows("shard_1", device.pk)[COMMANDS]}
+    assert set(written) <= commands_there  # copied, or written there after the switch
+    assert commands_here <= commands_there  # every write before the release was carried
+    assert not MoveChange.objects.on_shard("shard_1").exists()  # the log went with the move
+
+
+def test_a_pass_whose_copy_differs_from_the_source_is_caught(shards):
+    from shards.moves.capture import start_capture
+    from shards.moves.copying import copy_changed_rows
+    from shards.moves.streams import raw_connections
+    from shards.moves.tables import device_tables
+    from shards.moves.verify import verify_changed_rows
+
+    device = make_device(shard="shard_1").device
+    with raw_connections("shard_1") as (source,):
+        with source.cursor() as cursor:
+            start_capture(cursor, device.pk)
+        source.commit()
+    command = create_command(device.pk, "logged")  # a change, logged
+    tables = device_tables()
+    with raw_connections("shard_1", "shard_2") as (source, target):
+        _, _, hashes = copy_changed_rows(source, target, device.pk, tables, since=0)
+        assert verify_changed_rows(hashes, target, device.pk, tables).ok
+        with target.cursor() as cursor:
+            cursor.execute(f"UPDATE {COMMANDS} SET name = 'damaged' WHERE id = %s", [command.pk])
+        target.commit()
+        damaged = verify_changed_rows(hashes, target, device.pk, tables)
+    assert not damaged.ok
+    assert damaged.mismatches == [{"table": COMMANDS, "key": str(command.pk), "problem": "differs"}]

@@ -1,11 +1,16 @@
 """The online move of one device between shards, as a job recorded phase by phase.
 
 created   target fence 'pending' (leftover rows there removed), source fence
-          'copying' (writes go on, deletes wait)                   -> copying
-copying   bulk copy in one source snapshot; then the source fence is set to
-          'fenced' (waits for in-flight writers, holds new ones)   -> fenced
-fenced    copy the rows written since the snapshot; verify counts and
-          checksums per table (a mismatch rolls the job back)      -> verified
+          'copying' (writes go on, deletes wait) and its changes logged from
+          now on (shards.moves.capture)                            -> copying
+copying   bulk copy in one source snapshot, verified against that snapshot
+          (counts and checksums per table; a mismatch rolls the job back);
+          the changes logged meanwhile copied by key, while writes go on; then
+          the source fence is set to 'fenced' (waits for in-flight writers,
+          holds new ones)                                          -> fenced
+fenced    copy the changes logged since, and verify every changed row key by
+          key: the writers' stall costs what changed during the move, not
+          what the device holds                                   -> verified
 verified  target fence 'active' with the new epoch                 -> activated
 activated the directory's placement names the target, in the same
           transaction as the phase; caches get the new placement   -> switched
@@ -47,10 +52,16 @@ from shards.fence import (
     set_fence,
 )
 from shards.models import DeviceFence
-from shards.moves.copying import copy_device_rows, delete_device_rows
+from shards.moves.capture import (
+    changes_since,
+    start_capture,
+    stop_capture,
+    tables_without_capture,
+)
+from shards.moves.copying import copy_changed_rows, copy_device_rows, delete_device_rows
 from shards.moves.streams import raw_connections
 from shards.moves.tables import DeviceTable, device_tables
-from shards.moves.verify import verify_copy
+from shards.moves.verify import Verification, verify_bulk, verify_changed_rows
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +71,10 @@ Fence = DeviceFence.State
 MOVE_LOCK_NAMESPACE = 7401
 # The mover waits this long for in-flight writers when fencing, then gives up.
 FENCE_LOCK_TIMEOUT = "15s"
+# Before fencing, logged changes are copied in passes while writes go on, until a pass
+# finds at most this many (or after CATCH_UP_PASSES): the fenced pass then has little left.
+CATCH_UP_QUIET = 100
+CATCH_UP_PASSES = 5
 
 PhaseCallback = Callable[[MoveJob], None]
 
@@ -110,6 +125,13 @@ def start_move(
     if _applied_shard_migrations(placement.shard_id) != _applied_shard_migrations(target):
         raise MoveError(
             f"{placement.shard_id} and {target} have different shard migrations applied;"
+            " run `manage.py migrate_shards` first"
+        )
+    with connections[placement.shard_id].cursor() as cursor:
+        uncaptured = tables_without_capture(cursor, device_tables())
+    if uncaptured:
+        raise MoveError(
+            f"{placement.shard_id} does not log changes of {', '.join(uncaptured)};"
             " run `manage.py migrate_shards` first"
         )
     try:
@@ -188,6 +210,9 @@ class _Mover:
         self.target.commit()
         with self.source.cursor() as cursor:
             cursor.execute(f"SET LOCAL lock_timeout = '{FENCE_LOCK_TIMEOUT}'")
+            # One transaction: the fence UPDATE waits for every writer in flight, and every
+            # write after it commits sees the registration, so no change goes unlogged.
+            start_capture(cursor, self.device_id)
             owned = (Fence.ACTIVE, Fence.COPYING, Fence.FENCED)
             if not set_fence(cursor, self.device_id, Fence.COPYING, owned):
                 raise MoveError(
@@ -198,12 +223,28 @@ class _Mover:
         _advance(self.job, Phase.COPYING)
 
     def bulk_copy_and_fence(self) -> None:
-        """Copy everything in one snapshot while writers go on; then fence the source."""
-        rows, snapshot = copy_device_rows(self.source, self.target, self.device_id, self.tables)
+        """Copy everything in one snapshot and verify it, then catch up with what changed
+        meanwhile, all while writers go on; then fence the source."""
+        rows, snapshot, since, source_sums = copy_device_rows(
+            self.source, self.target, self.device_id, self.tables
+        )
+        verification = verify_bulk(
+            source_sums, self.source, self.target, self.device_id, self.tables
+        )
+        # The bulk copy's counts and checksums per table; "changes" joins them later.
+        self.job.verification = verification.as_json()
+        if not verification.ok:
+            self._fail_verification(verification)
         self.job.snapshot = snapshot
+        self.job.changes_horizon = since
         self.job.rows_copied = {"bulk": rows}
-        self.job.save(update_fields=["snapshot", "rows_copied", "updated_at"])
+        self.job.save(
+            update_fields=[
+                "snapshot", "changes_horizon", "rows_copied", "verification", "updated_at"
+            ]
+        )  # fmt: skip
         _crash_point("copied")
+        self.catch_up()
         with self.source.cursor() as cursor:
             cursor.execute(f"SET LOCAL lock_timeout = '{FENCE_LOCK_TIMEOUT}'")
             state, since = fence_state_and_since(cursor, self.device_id)
@@ -223,27 +264,58 @@ class _Mover:
         _crash_point("fence_committed")
         _advance(self.job, Phase.FENCED, fenced_at=fenced_at)
 
-    def copy_remainder_and_verify(self) -> None:
-        """With the source still, copy what changed since the bulk snapshot and compare."""
-        rows, _ = copy_device_rows(
-            self.source,
-            self.target,
-            self.device_id,
-            self.tables,
-            since_snapshot=self.job.snapshot or None,
+    def copy_changes(self) -> dict[str, int]:
+        """Copy and check the changes logged by transactions from the job's horizon on,
+        then move the horizon; a copy that differs fails the job."""
+        rows, since, hashes = copy_changed_rows(
+            self.source, self.target, self.device_id, self.tables, since=self.job.changes_horizon
         )
-        self.job.rows_copied = {**self.job.rows_copied, "remainder": rows}
-        verification = verify_copy(self.source, self.target, self.device_id, self.tables)
-        self.job.verification = verification.as_json()
+        verification = verify_changed_rows(hashes, self.target, self.device_id, self.tables)
+        checked = self.job.verification.setdefault("changes", {"ok": True, "passes": []})
+        checked["passes"].append(verification.as_json())
+        checked["ok"] = checked["ok"] and verification.ok
         if not verification.ok:
-            self.job.save(update_fields=["rows_copied", "verification", "updated_at"])
-            keys = "; ".join(
-                f"{m['table']} {m['key']}: {m['problem']}" for m in verification.mismatches
-            )
-            raise MoveVerificationFailed(
-                f"the copy of device {self.device_id} on {self.job.target_id} does not match"
-                f" {self.job.source_id}: {keys or 'checksums differ'}"
-            )
+            self.job.verification["ok"] = False
+            self.job.verification["mismatches"] += verification.mismatches
+            self._fail_verification(verification)
+        self.job.changes_horizon = since
+        return rows
+
+    def pending_changes(self) -> int:
+        with self.source.cursor() as cursor:
+            pending = changes_since(cursor, self.device_id, self.job.changes_horizon)
+        self.source.rollback()
+        return pending
+
+    def catch_up(self) -> None:
+        """Copy the logged changes in passes while writers go on, until few are left."""
+        passes = []
+        for _ in range(CATCH_UP_PASSES):
+            pending = self.pending_changes()
+            if not pending:
+                break
+            passes.append(self.copy_changes())
+            self.job.save(update_fields=["changes_horizon", "verification", "updated_at"])
+            if pending <= CATCH_UP_QUIET:
+                break
+        self.job.rows_copied = {**self.job.rows_copied, "catch_up": passes}
+        self.job.save(update_fields=["rows_copied", "updated_at"])
+
+    def _fail_verification(self, verification: Verification) -> None:
+        self.job.save(update_fields=["verification", "rows_copied", "updated_at"])
+        keys = "; ".join(
+            f"{m['table']} {m['key']}: {m['problem']}" for m in verification.mismatches
+        )
+        raise MoveVerificationFailed(
+            f"the copy of device {self.device_id} on {self.job.target_id} does not match"
+            f" {self.job.source_id}: {keys or 'checksums differ'}"
+        )
+
+    def copy_remainder_and_verify(self) -> None:
+        """With the source still, copy and check what changed since the last pass: the
+        writers wait for this pass's few changes only."""
+        rows = self.copy_changes()
+        self.job.rows_copied = {**self.job.rows_copied, "remainder": rows}
         _advance(self.job, Phase.VERIFIED)
 
     def activate_target(self) -> None:
@@ -295,6 +367,7 @@ class _Mover:
                 (Fence.FENCED, Fence.COPYING, Fence.MOVED),
                 epoch=self.job.epoch,
             )
+            stop_capture(cursor, self.device_id)
         self.source.commit()
         if self.fence_started is not None:
             stall_ms = (time.monotonic() - self.fence_started) * 1000
@@ -313,6 +386,7 @@ class _Mover:
             set_fence(
                 cursor, self.device_id, Fence.ACTIVE, (Fence.COPYING, Fence.FENCED, Fence.ACTIVE)
             )
+            stop_capture(cursor, self.device_id)
         self.source.commit()
         _advance(self.job, phase, error=error, finished_at=timezone.now())
 

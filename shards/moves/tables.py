@@ -2,8 +2,10 @@
 
 from dataclasses import dataclass
 
+from django.db import connections
+
+from routers.aliases import DIRECTORY_ALIAS
 from routers.silos import shard_models
-from shards.models import DeviceFence
 
 
 @dataclass(frozen=True)
@@ -13,6 +15,7 @@ class DeviceTable:
     name: str
     columns: tuple[str, ...]
     key_columns: tuple[str, ...]
+    key_types: tuple[str, ...]  # SQL types of the key columns, for typed key lookups
 
     @property
     def column_list(self) -> str:
@@ -40,9 +43,11 @@ def device_tables() -> list[DeviceTable]:
     tables = []
     for model in shard_models():
         meta = model._meta
-        if model is DeviceFence or model.per_shard or not meta.managed or meta.proxy:
+        if not model.moves_with_device or model.per_shard or not meta.managed or meta.proxy:
             continue
         columns = tuple(field.column for field in meta.concrete_fields)
         keys = tuple(field.column for field in meta.pk_fields)
-        tables.append(DeviceTable(meta.db_table, columns, keys))
+        # Every shard is PostgreSQL, as the directory is: its column types are theirs.
+        types = tuple(field.db_type(connections[DIRECTORY_ALIAS]) for field in meta.pk_fields)
+        tables.append(DeviceTable(meta.db_table, columns, keys, types))
     return sorted(tables, key=lambda table: table.name)
