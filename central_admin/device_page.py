@@ -36,22 +36,15 @@ def chart_url(device: Device) -> str | None:
 
 
 def shard_rows(alias: str, device_id: int) -> dict[str, Any]:
-    """The device's recent rows on its shard: a few small indexed queries."""
+    """The device's recent rows on the shard that serves it: a few small indexed queries."""
     ensure_shard_connection(alias)
     overviews, _ = device_overviews({device_id: alias})
     return {
         "overview": overviews[device_id],
-        "commands": list(
-            Command.objects.on_shard(alias).filter(device_id=device_id).order_by("-id")[:RECENT]
-        ),
-        "alerts": list(
-            Alert.objects.on_shard(alias).filter(device_id=device_id).order_by("-id")[:RECENT]
-        ),
+        "commands": list(Command.objects.for_device(device_id).order_by("-id")[:RECENT]),
+        "alerts": list(Alert.objects.for_device(device_id).order_by("-id")[:RECENT]),
         "uploads": list(
-            Upload.objects.on_shard(alias)
-            .filter(device_id=device_id)
-            .defer("payload")
-            .order_by("-id")[:RECENT]
+            Upload.objects.for_device(device_id).defer("payload").order_by("-id")[:RECENT]
         ),
     }
 

@@ -14,7 +14,6 @@ from django.utils import timezone
 
 from routers.errors import FanOutError
 from routers.fanout import fan_out
-from routers.placement import shard_for_device
 from shards.fence import write_for_device
 from shards.models import Command
 
@@ -85,14 +84,10 @@ def deliver_pending(device_id: int) -> list[Command]:
         Command.objects.on_shard(alias).bulk_update(commands, ["status", "sent_at", "attempts"])
         return commands
 
-    # Most reports find nothing to deliver. Ask first without the fence: taking it FOR
-    # SHARE writes a row lock, which makes the transaction's commit wait for the disk.
-    # A stale placement can only say "nothing" a moment too long: the next report asks again.
-    has_open = (
-        Command.objects.on_shard(shard_for_device(device_id))
-        .filter(device_id=device_id, status__in=OPEN)
-        .exists()
-    )
+    # Most reports find nothing to deliver. Ask first with a read, which checks the fence
+    # in the same statement but takes no lock: taking it FOR SHARE writes a row lock,
+    # which makes the transaction's commit wait for the disk.
+    has_open = Command.objects.for_device(device_id).filter(status__in=OPEN).exists()
     if not has_open:
         return []
     return write_for_device(device_id, deliver)

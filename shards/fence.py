@@ -96,12 +96,15 @@ def lock_owned_devices(
         return [row[0] for row in cursor.fetchall()]
 
 
-def write_for_device(device: object, write: Callable[[str], T], *, deleting: bool = False) -> T:
-    """Run `write(alias)` in a fenced transaction on the device's shard, following moves.
+def follow_device(
+    device: object, attempt: Callable[[str], T], *, waits_for: tuple = (State.FENCED,)
+) -> T:
+    """Run `attempt(alias)` on the device's shard until it succeeds, following moves.
 
-    A fenced device is waited for (up to FENCE_WAIT_SECONDS, then DeviceMoved,
-    which callers answer with 503 and Retry-After); a moved one is looked up
-    again, at most WRITE_ATTEMPTS times.
+    `attempt` raises DeviceMoved when the shard does not serve the device. A fence in
+    one of `waits_for` is waited for (up to FENCE_WAIT_SECONDS, then DeviceMoved,
+    which callers answer with 503 and Retry-After); any other answer drops the
+    cached placement and asks again, at most WRITE_ATTEMPTS times.
     """
     device_id = device_id_of(device)
     deadline = time.monotonic() + settings.FENCE_WAIT_SECONDS
@@ -109,13 +112,9 @@ def write_for_device(device: object, write: Callable[[str], T], *, deleting: boo
     relookups = 0
     while True:
         try:
-            alias = shard_for_device(device_id)
-            with transaction.atomic(using=alias):
-                lock_fence(device_id, alias, deleting=deleting)
-                return write(alias)
+            return attempt(shard_for_device(device_id))
         except DeviceMoved as exc:
-            waiting = exc.state == State.FENCED or (deleting and exc.state == State.COPYING)
-            if waiting:
+            if exc.state in waits_for:
                 if time.monotonic() + pause > deadline:
                     raise
                 time.sleep(pause)
@@ -131,6 +130,79 @@ def write_for_device(device: object, write: Callable[[str], T], *, deleting: boo
             invalidate_placement(device_id)
             if relookups >= WRITE_ATTEMPTS:
                 raise
+
+
+def write_for_device(device: object, write: Callable[[str], T], *, deleting: bool = False) -> T:
+    """Run `write(alias)` in a fenced transaction on the device's shard, following moves.
+
+    A fenced device is waited for (a deleting writer also waits while a move copies
+    it); a moved one is looked up again (follow_device).
+    """
+    device_id = device_id_of(device)
+
+    def attempt(alias: str) -> T:
+        with transaction.atomic(using=alias):
+            lock_fence(device_id, alias, deleting=deleting)
+            return write(alias)
+
+    waits_for = (State.FENCED, State.COPYING) if deleting else (State.FENCED,)
+    return follow_device(device_id, attempt, waits_for=waits_for)
+
+
+# -- readers ---------------------------------------------------------------------------------
+# A read is served only by a shard whose fence says, in the read's own snapshot, that it
+# serves the device: a process whose cached placement is stale after a move is sent on
+# to the new owner, and a read during the fenced window waits as a writer does. So a
+# write that completed before a read began is always visible to it.
+
+SERVED_SQL = (
+    f"EXISTS (SELECT 1 FROM {FENCE_TABLE} served WHERE served.device_id = %s"
+    f" AND served.state IN ({', '.join(repr(str(state)) for state in DeviceFence.SERVING)}))"
+)
+
+
+def served(state: str | None) -> bool:
+    return state in DeviceFence.SERVING
+
+
+def fence_state_with(alias: str, device_id: int, inner: str, params: list) -> tuple[Any, ...]:
+    """(fence state, the columns of `inner`) read in ONE statement, so in one snapshot.
+
+    `inner` is a query that returns one row (an EXISTS, a count, an aggregate); a device
+    without a fence row here gives (None,).
+    """
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            f"SELECT f.state, inner_answer.* FROM {FENCE_TABLE} f,"
+            f" LATERAL ({inner}) inner_answer WHERE f.device_id = %s",
+            [*params, device_id],
+        )
+        row = cursor.fetchone()
+    return tuple(row) if row else (None,)
+
+
+def read_for_device(device: object, read: Callable[[str], T]) -> T:
+    """Run `read(alias)` on the shard that serves the device, in one snapshot with the
+    fence's word on it: a REPEATABLE READ, READ ONLY transaction.
+
+    For reads that are not one queryset (the series, several raw statements). Follows
+    moves and waits out a fenced window as writers do (follow_device).
+    """
+    device_id = device_id_of(device)
+
+    def attempt(alias: str) -> T:
+        connection = connections[alias]
+        nested = connection.in_atomic_block
+        with transaction.atomic(using=alias):
+            with connection.cursor() as cursor:
+                if not nested:  # the transaction's first statement sets its snapshot's kind
+                    cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                state = fence_state(cursor, device_id)
+            if not served(state):
+                raise DeviceMoved(device_id, alias, state)
+            return read(alias)
+
+    return follow_device(device_id, attempt)
 
 
 def open_fence(device_id: int, alias: str, *, epoch: int = 1) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 from django.db import connections, models
 from django.db.models.expressions import DatabaseDefault
 
-from routers.managers import ShardQuerySet
+from shards.reads import FencedQuerySet
 
 ID_EPOCH_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z
 SHARD_BITS = 13
@@ -54,8 +54,8 @@ def mint_ids(alias: str, count: int) -> list[int]:
         return [row[0] for row in cursor.fetchall()]
 
 
-class ClusterIdQuerySet(ShardQuerySet):
-    """Shard querysets whose bulk_create fills in cluster ids.
+class ClusterIdQuerySet(FencedQuerySet):
+    """Device rows' querysets whose bulk_create fills in cluster ids.
 
     Django 5.2's bulk_create() inserts a db_default primary key but does not
     read it back (objects keep a DatabaseDefault placeholder), so ids are

@@ -12,6 +12,21 @@ from django.db import models
 from routers.silos import ShardModel
 from shards.analysis.aggregates import bucket_mean
 from shards.ids import ClusterIdField, ClusterIdManager
+from shards.reads import FencedManager
+
+
+class DeviceRows(ShardModel):
+    """A device's own data: moved with it, and read only where its fence says it is served.
+
+    Its `for_device()` querysets ask the fence in the statement that reads the rows
+    (shards.reads); the shard's bookkeeping (its identity, the fences, a move's change
+    log) derives from ShardModel alone.
+    """
+
+    objects = FencedManager()
+
+    class Meta:
+        abstract = True
 
 
 class ShardIdentity(ShardModel):
@@ -61,7 +76,7 @@ class DeviceFence(ShardModel):
         return f"device {self.device_id}: {self.state}"
 
 
-class Upload(ShardModel):
+class Upload(DeviceRows):
     """A device's batch as received, stored before import so nothing acknowledged is lost."""
 
     class Status(models.TextChoices):
@@ -103,7 +118,7 @@ class Upload(ShardModel):
         return f"upload {self.pk} ({self.status})"
 
 
-class Reading(ShardModel):
+class Reading(DeviceRows):
     """One measured value; (device, metric, ts) is unique so a re-import cannot double it."""
 
     pk = models.CompositePrimaryKey("device_id", "metric", "ts")
@@ -116,7 +131,7 @@ class Reading(ShardModel):
         return f"{self.device_id} {self.metric}@{self.ts:%Y-%m-%dT%H:%M:%S}={self.value}"
 
 
-class LatestValue(ShardModel):
+class LatestValue(DeviceRows):
     """The newest reading per device and metric, for dashboards that must not scan readings."""
 
     pk = models.CompositePrimaryKey("device_id", "metric")
@@ -130,7 +145,7 @@ class LatestValue(ShardModel):
         return f"{self.device_id} {self.metric}={self.value}"
 
 
-class Command(ShardModel):
+class Command(DeviceRows):
     """An instruction for a device, left by a user and picked up when the device reports."""
 
     class Status(models.TextChoices):
@@ -166,7 +181,7 @@ class Command(ShardModel):
         return f"command {self.pk} {self.name} ({self.status})"
 
 
-class DeviceStatus(ShardModel):
+class DeviceStatus(DeviceRows):
     """When a device's data last arrived, kept per device so dashboards need not scan uploads."""
 
     device_id = models.BigIntegerField(primary_key=True)
@@ -180,7 +195,7 @@ class DeviceStatus(ShardModel):
         return f"device {self.device_id}: last seen {self.last_seen_at}"
 
 
-class Alert(ShardModel):
+class Alert(DeviceRows):
     """A condition noticed on a device; at most one unresolved alert per device and condition.
 
     Raised by the analysis tasks (offline, thresholds, anomalies), acknowledged by a
@@ -230,7 +245,7 @@ class Alert(ShardModel):
         return f"alert {self.pk} {self.condition} ({self.state})"
 
 
-class RollupPending(ShardModel):
+class RollupPending(DeviceRows):
     """A minute of a device's metric whose rollups are stale: the import marks it, the rollup
     step recomputes it and deletes the mark.
 
@@ -266,7 +281,7 @@ class NumericField(models.Field):
         return None if value is None else Decimal(value)
 
 
-class ReadingRollup(ShardModel):
+class ReadingRollup(DeviceRows):
     """Count, min, max and sum of one device's metric over one UTC minute, hour or day.
 
     Minutes come from raw readings, hours from minutes, days from hours. The sum is
@@ -299,7 +314,7 @@ class ReadingRollup(ShardModel):
         return bucket_mean(self.sum, self.count, self.min, self.max)
 
 
-class RawRetention(ShardModel):
+class RawRetention(DeviceRows):
     """Where a device's raw readings start since retention deleted older ones.
 
     Always the start of a UTC day. A reading that arrives for a time before it finds

@@ -19,9 +19,10 @@ from datetime import datetime, timedelta
 
 from django.db import connections
 
-from routers.placement import device_id_of, shard_for_device
+from routers.placement import device_id_of
 from shards.analysis.aggregates import bucket_mean, safe_sum
 from shards.analysis.buckets import BUCKET_ORIGIN
+from shards.fence import read_for_device
 from shards.models import RawRetention, Reading, ReadingRollup, RollupPending
 
 MAX_POINTS = 400
@@ -174,16 +175,21 @@ def device_series(device: object, start: datetime, end: datetime) -> Series:
         "raw_since": None,
         "granularity": granularity[1] if granularity else None,
     }
-    with connections[shard_for_device(device_id)].cursor() as cursor:
-        if granularity is not None:
-            cursor.execute(WATERMARKS_SQL, params)
-            pending_from, raw_since = cursor.fetchone()
-            params["raw_since"] = raw_since
-            params["rollups_from"], params["rollups_to"] = rollup_span(
-                start, end, granularity[0], pending_from, raw_since
-            )
-        cursor.execute(SERIES_SQL, params)
-        rows = cursor.fetchall()
+
+    def read(alias: str) -> list[tuple]:
+        with connections[alias].cursor() as cursor:
+            if granularity is not None:
+                cursor.execute(WATERMARKS_SQL, params)
+                pending_from, raw_since = cursor.fetchone()
+                params["raw_since"] = raw_since
+                params["rollups_from"], params["rollups_to"] = rollup_span(
+                    start, end, granularity[0], pending_from, raw_since
+                )
+            cursor.execute(SERIES_SQL, params)
+            return cursor.fetchall()
+
+    # Two statements that must agree, on the shard that serves the device (the fence).
+    rows = read_for_device(device_id, read)
     for bucket, metric, low, high, total, count, newest in rows:
         mean = bucket_mean(total, count, low, high)
         series.metrics.setdefault(metric, []).append(Bucket(bucket, low, high, mean, count))
