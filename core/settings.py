@@ -117,8 +117,8 @@ PLACEMENT_LOCAL_TTL = float(os.environ.get("PLACEMENT_LOCAL_TTL", "30"))
 PLACEMENT_REDIS_TTL = int(os.environ.get("PLACEMENT_REDIS_TTL", "3600"))
 # How long a write waits for a device that a move has fenced before giving up (503).
 FENCE_WAIT_SECONDS = float(os.environ.get("FENCE_WAIT_SECONDS", "20"))
-# A moved device's rows stay on its old shard this long, so readers with a stale
-# cached placement still find them; must exceed every cache lifetime above.
+# A moved device's rows stay on its old shard this long before cleanup removes them
+# (readers and writers follow the fences, so no cache lifetime depends on it).
 MOVE_CLEANUP_GRACE_SECONDS = float(os.environ.get("MOVE_CLEANUP_GRACE_SECONDS", "120"))
 # Test hook for crash injection: the mover kills itself (SIGKILL) after this phase.
 MOVE_CRASH_AFTER = os.environ.get("FLEET_MOVE_CRASH_AFTER", "")

@@ -97,22 +97,30 @@ def lock_owned_devices(
 
 
 def follow_device(
-    device: object, attempt: Callable[[str], T], *, waits_for: tuple = (State.FENCED,)
+    device: object,
+    attempt: Callable[[str], T],
+    *,
+    waits_for: tuple = (State.FENCED,),
+    first_alias: str | None = None,
 ) -> T:
     """Run `attempt(alias)` on the device's shard until it succeeds, following moves.
 
     `attempt` raises DeviceMoved when the shard does not serve the device. A fence in
     one of `waits_for` is waited for (up to FENCE_WAIT_SECONDS, then DeviceMoved,
     which callers answer with 503 and Retry-After); any other answer drops the
-    cached placement and asks again, at most WRITE_ATTEMPTS times.
+    cached placement and asks again, at most WRITE_ATTEMPTS times. `first_alias`: the
+    shard the caller resolved already, for the first try.
     """
     device_id = device_id_of(device)
     deadline = time.monotonic() + settings.FENCE_WAIT_SECONDS
     pause = FENCE_POLL_FIRST
     relookups = 0
+    alias = first_alias
     while True:
         try:
-            return attempt(shard_for_device(device_id))
+            if alias is None:
+                alias = shard_for_device(device_id)
+            return attempt(alias)
         except DeviceMoved as exc:
             if exc.state in waits_for:
                 if time.monotonic() + pause > deadline:
@@ -122,12 +130,14 @@ def follow_device(
                 continue
             relookups += 1
             invalidate_placement(device_id)
+            alias = None
             if relookups >= WRITE_ATTEMPTS:
                 raise
         except UnknownShard:
             # A cached placement naming a shard retired since: ask the directory.
             relookups += 1
             invalidate_placement(device_id)
+            alias = None
             if relookups >= WRITE_ATTEMPTS:
                 raise
 

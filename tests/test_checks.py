@@ -1,14 +1,11 @@
 """System checks on settings that must agree with each other."""
 
-from core.checks import move_grace_outlives_placement_cache
+from core.checks import credential_changes_bite_quickly
 
 
-def test_cleanup_grace_must_outlive_the_placement_cache(settings):
-    settings.PLACEMENT_LOCAL_TTL = 30
-    settings.MOVE_CLEANUP_GRACE_SECONDS = 120
-    assert move_grace_outlives_placement_cache() == []
-
-    settings.MOVE_CLEANUP_GRACE_SECONDS = 30
-    (error,) = move_grace_outlives_placement_cache()
-    assert error.id == "core.E001"
-    assert "PLACEMENT_LOCAL_TTL" in error.msg
+def test_credentials_may_be_cached_locally_two_seconds_at_most(settings):
+    settings.CREDENTIAL_LOCAL_TTL = 1
+    assert credential_changes_bite_quickly() == []
+    settings.CREDENTIAL_LOCAL_TTL = 10
+    (error,) = credential_changes_bite_quickly()
+    assert error.id == "core.E002" and "CREDENTIAL_LOCAL_TTL" in error.msg

@@ -4,15 +4,17 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('core', '0006_credential_keys_and_deletions'),
+        ("core", "0006_credential_keys_and_deletions"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='movejob',
-            name='changes_horizon',
-            field=models.BigIntegerField(default=0, help_text='Changes the source logged in transactions before this id are copied.'),
+            model_name="movejob",
+            name="changes_horizon",
+            field=models.BigIntegerField(
+                default=0,
+                help_text="Changes the source logged in transactions before this id are copied.",
+            ),
         ),
     ]
