@@ -2,8 +2,9 @@
 
 Run by bench/suite.py (`make bench`); each subcommand prints one JSON object.
 
-    router               an ORM read through the router (`for_device`) against the same
-                         read with an explicit `.using(alias)`, interleaved rounds
+    router               a device's read through the router and the fence (`for_device`)
+                         against the same read with an explicit `.using(alias)`,
+                         interleaved rounds
     directory-queries    queries per database for steady-state device uploads, through
                          the whole Django stack (Client -> URLconf -> API -> shard), counted
                          at the cursor of every connection

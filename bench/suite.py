@@ -12,9 +12,11 @@ Against the running local cluster (var/cluster.json), in this order:
    the same shards (split as the devices were, one COPY per shard in parallel);
 3. batches of 100 straight to one uWSGI node and to both nodes (each device bound to
    one) against through HAProxy, at the same concurrency and at concurrency 1;
-4. an ORM read through the router against the same read with `.using()`;
+4. a device's read through the router and the fence (`for_device`) against the same
+   read with an explicit `.using()`;
 5. directory queries per steady-state device upload (bench/django_figures.py);
-6. moves under load against raw COPY, and the writer stall (bench/move_bench.py),
+6. moves under load against raw COPY, and the writer stall for devices of 10,000 and
+   1,000,000 readings side by side (bench/move_bench.py),
    and the in-process import against raw COPY (bench/ingest_bench.py);
 7. memory (RSS, PSS) per uWSGI worker after the load, and the CPU the load
    generator (Locust, a child process) used in each run, beside the whole machine's.
@@ -57,7 +59,8 @@ TARGETS = {
     "p99_ms_batch_100": 200,
     "ingest_of_copy": 0.30,
     "haproxy_overhead": 0.10,
-    "router_overhead": 0.05,
+    # A device read through the router and the fence (for_device) against .using().
+    "router_overhead": 0.10,
 }
 
 
@@ -308,7 +311,7 @@ class Suite:
     def move_figures(self) -> dict:
         code, text = self.script(
             "move_bench.py", "--readings", str(self.args.move_readings),
-            "--rounds", str(self.args.rounds),
+            "--rounds", str(self.args.rounds), "--stall-readings", self.args.stall_readings,
         )  # fmt: skip
         raw = re.search(
             r"\| raw COPY between the two servers \| [\d,]+ \| [\d.]+ \| ([\d,]+)", text
@@ -475,7 +478,8 @@ def verdicts(results: dict) -> dict[str, tuple[str, str]]:
     )  # fmt: skip
     router = results.get("router", {}).get("ratio")
     judge(
-        "the router adds under 5%", router, lambda v: v <= 1 + TARGETS["router_overhead"],
+        "a read through the router and the fence adds under 10%", router,
+        lambda v: v <= 1 + TARGETS["router_overhead"],
         f"{router - 1:+.1%}" if router is not None else "",
     )  # fmt: skip
     dq = results.get("directory_queries", {}).get("directory_queries_per_request")
@@ -548,9 +552,9 @@ def markdown(results: dict) -> str:
     router = results.get("router", {})
     if "ratio" in router:
         lines.append(
-            f"| 4 | ORM read through the router (`for_device`) | {router['router_ms']:.3f} ms"
-            f" | explicit `.using()`: {router['using_ms']:.3f} ms | {router['ratio']:.2f}x"
-            " | router adds <5% |"
+            f"| 4 | ORM read through the router and the fence (`for_device`) |"
+            f" {router['router_ms']:.3f} ms | explicit `.using()`: {router['using_ms']:.3f} ms"
+            f" | {router['ratio']:.2f}x | adds <10% |"
         )
     dq = results.get("directory_queries", {})
     if "requests" in dq:
@@ -612,6 +616,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="Devices sending at once.")
     parser.add_argument("--ingest-readings", type=int, default=200_000)
     parser.add_argument("--move-readings", type=int, default=200_000)
+    parser.add_argument(
+        "--stall-readings", default="10000,1000000", help="Sizes of the devices moved under load."
+    )
     parser.add_argument("--rounds", type=int, default=3, help="Rounds of the script benches.")
     parser.add_argument("--skip-scripts", action="store_true", help="No move/ingest benches.")
     parser.add_argument("--quick", action="store_true", help="Short runs, small benches.")
@@ -619,6 +626,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.duration, args.ingest_readings, args.move_readings, args.rounds = 8, 20_000, 20_000, 1
+        args.stall_readings = "10000,100000"
     if not args.cluster_json.exists():
         print(f"{args.cluster_json} is missing: run `make up` first", file=sys.stderr)
         return 2
