@@ -690,3 +690,30 @@ def test_a_pass_whose_copy_differs_from_the_source_is_caught(shards):
         damaged = verify_changed_rows(hashes, target, device.pk, tables)
     assert not damaged.ok
     assert damaged.mismatches == [{"table": COMMANDS, "key": str(command.pk), "problem": "differs"}]
+
+
+@pytest.mark.parametrize("few_rows", [0, 1000], ids=["staged-copy", "json"])
+def test_both_ways_of_carrying_changed_rows_copy_them_exactly(shards, monkeypatch, few_rows):
+    """Changed rows travel as one JSON value when few, through a staged COPY when many."""
+    import shards.moves.copying as copying
+
+    monkeypatch.setattr(copying, "FEW_ROWS", few_rows)
+    device = make_device(shard="shard_1").device
+    populate_device(device, uploads=20, per_upload=200)
+    moving = threading.Event()
+
+    def write_while_moving() -> None:
+        while not moving.is_set():
+            create_command(device.pk, "during", {"nested": {"x": [1.5, None, "é"]}})
+
+    writer = threading.Thread(target=write_while_moving)
+    writer.start()
+    try:
+        job = move_device(device.pk, "shard_2")
+    finally:
+        moving.set()
+        writer.join()
+    assert job.phase == Phase.RELEASED and job.verification["ok"] is True
+    assert device_rows("shard_2", device.pk) == device_rows("shard_1", device.pk) | {
+        COMMANDS: device_rows("shard_2", device.pk)[COMMANDS]  # later writes land there only
+    }

@@ -148,10 +148,12 @@ def changed_rows_sql(table: DeviceTable, columns: str) -> str:
 
 def tables_with_changes(
     cursor: Any, device_id: int, since: int, tables: list[DeviceTable]
-) -> list[DeviceTable]:
+) -> list[tuple[DeviceTable, int]]:
+    """The tables with changes logged from the horizon `since` on, and how many each."""
     cursor.execute(
-        f"SELECT DISTINCT table_name FROM {CHANGE_TABLE} WHERE device_id = %s AND xact >= %s",
+        f"SELECT table_name, count(*) FROM {CHANGE_TABLE}"
+        " WHERE device_id = %s AND xact >= %s GROUP BY table_name",
         [device_id, since],
     )
-    names = {row[0] for row in cursor.fetchall()}
-    return [table for table in tables if table.name in names]
+    counts = dict(cursor.fetchall())
+    return [(table, counts[table.name]) for table in tables if table.name in counts]

@@ -23,6 +23,9 @@ Copied = dict[str, int]
 # change passes: with the statistics of a table that looked empty, PostgreSQL plans the
 # key lookups of the fenced window as sequential scans (minutes instead of milliseconds).
 ANALYZE_AFTER_ROWS = 10_000
+# A change pass carries up to this many logged changes of a table as one JSON value
+# (_merge_few), more through a staged COPY (_merge).
+FEW_ROWS = 1000
 # The key lookups must use the primary keys whatever the statistics say.
 PREFER_INDEXES = "SET LOCAL enable_seqscan = off"
 
@@ -52,6 +55,27 @@ def _merge(source_cursor: Any, select: str, target_cursor: Any, table: DeviceTab
     merged = target_cursor.rowcount
     target_cursor.execute(f"TRUNCATE {stage}")
     return merged
+
+
+def _merge_few(source_cursor: Any, select: str, target_cursor: Any, table: DeviceTable) -> int:
+    """_merge for a few rows: carried as one JSON value instead of a staged COPY.
+
+    Inside the fenced window a pass usually meets a handful of rows in a few tables;
+    a temporary table and a COPY per table would cost more than the rows. The JSON
+    keeps every value exactly (floats print their shortest exact form) and lands by
+    column name in the target table's own row type.
+    """
+    source_cursor.execute(
+        f"SELECT coalesce(jsonb_agg(to_jsonb(rows)), '[]')::text FROM ({select}) rows"
+    )
+    rows_json = source_cursor.fetchone()[0]
+    target_cursor.execute(
+        f"INSERT INTO {table.name} ({table.column_list})"
+        f" SELECT {table.column_list} FROM jsonb_populate_recordset(NULL::{table.name}, %s::jsonb)"
+        f" ON CONFLICT ({table.key_list}) {table.upsert_action}",
+        [rows_json],
+    )
+    return target_cursor.rowcount
 
 
 def copy_device_rows(
@@ -119,10 +143,11 @@ def copy_changed_rows(
             source_cursor.execute(HORIZON_SQL)  # the snapshot's first statement
             next_since = source_cursor.fetchone()[0]
             source_cursor.execute(PREFER_INDEXES)
-            for table in tables_with_changes(source_cursor, device_id, since, tables):
+            for table, logged in tables_with_changes(source_cursor, device_id, since, tables):
                 select = changed_rows_sql(table, _qualified(table))
                 select = source_cursor.mogrify(select, params).decode()
-                copied[table.name] = _merge(source_cursor, select, target_cursor, table)
+                merge = _merge_few if logged <= FEW_ROWS else _merge
+                copied[table.name] = merge(source_cursor, select, target_cursor, table)
                 hashes[table.name] = changed_hashes(source_cursor, table, params)
         target.commit()
     except BaseException:
