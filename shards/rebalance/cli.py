@@ -67,16 +67,17 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, resumable: str) -> Non
     """How the moves are made: at once, per shard, and the throttle (RunOptions)."""
     group = parser.add_argument_group(
         "how the moves are made",
-        "Stored with the run. Not given: the defaults below for a new run, and what the"
-        f" run was started with for {resumable}.",
+        "Stored with the run. Not given: the defaults below for a new run, and what\n"
+        f"the run was started with for {resumable}.",
     )
     group.add_argument(
         "--parallel",
         type=int,
         metavar="N",
         help=f"Make up to N moves at once, each of a different device (default"
-        f" {DEFAULT_PARALLEL}). Small devices move much faster in parallel; large ones are"
-        " bounded by the shards' disks.",
+        f" {DEFAULT_PARALLEL}). Small devices' moves mostly wait for commits and overlap"
+        " well; large ones are bounded by the shards' disks. Devices uploading meanwhile"
+        " see more latency the more moves run at once.",
     )
     group.add_argument(
         "--max-per-source",

@@ -3,12 +3,13 @@
 Stored with the run (Rebalance.options) so a resumed or background run keeps the
 settings it was started with; a resume may override some of them.
 
-The defaults are for a cluster that serves devices while it rebalances. Two moves
-at once hide most of a small move's round trips (a move of a few hundred rows is
-a dozen short transactions, not a copy); more than two into or out of one shard
-put several bulk copies on one server's disk at once, which is what devices
-uploading to that shard would feel. The import lag threshold is far above a
-healthy lag (well under a second) and far below the sweeper's period
+The defaults are for a cluster that serves devices while it rebalances. A small
+device's move is a dozen short transactions, not a copy, so two at once give
+most of the speed-up measured (docs/benchmarks.md) while uploading devices see
+hardly more latency; four doubled their p99. More than two into or out of one
+shard would put several bulk copies on one server's disk at once, which is what
+devices uploading to that shard would feel. The import lag threshold is far
+above a healthy lag (well under a second) and far below the sweeper's period
 (UPLOAD_SWEEP_AFTER_SECONDS), so it only bites when imports really fall behind.
 """
 
