@@ -265,11 +265,15 @@ def test_status_shows_each_move_with_phase_rows_and_stall(three_shards, crowded)
 
 
 class FailAfterSwitch(Observer):
-    """Makes the first move fail once the directory names the target, as a lost mover would."""
+    """Makes one device's move fail once the directory names the target, as a lost mover
+    would (the run's other moves may run beside it)."""
+
+    def __init__(self, device_id: int) -> None:
+        self.device_id = device_id
 
     def move_started(self, entry):
         def on_phase(job: MoveJob) -> None:
-            if job.phase == MoveJob.Phase.SWITCHED and job.pk == MoveJob.objects.earliest("id").pk:
+            if job.phase == MoveJob.Phase.SWITCHED and job.device_id == self.device_id:
                 raise MoveError("the mover lost its connection")
 
         return on_phase
@@ -280,7 +284,7 @@ def test_a_move_that_failed_after_the_switch_counts_as_moved_once_resumed(three_
     plan = plan_of((a, "shard_1", "shard_2"), (b, "shard_1", "shard_3"))
     with exclusive_runner() as lock:
         run_row = execute(
-            create_run(lock, kind="rebalance", cost="rows", plan=plan), lock, FailAfterSwitch()
+            create_run(lock, kind="rebalance", cost="rows", plan=plan), lock, FailAfterSwitch(a)
         )
     assert [entry["status"] for entry in run_row.plan] == [FAILED, MOVED]
     assert run_row.moves.get(device_id=a).phase == "switched"

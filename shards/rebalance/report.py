@@ -108,9 +108,13 @@ def counts(run: Rebalance) -> dict[str, int]:
     return {"planned": len(run.plan), **{status: tally.get(status, 0) for status in STATUSES}}
 
 
-def held_now(run: Rebalance) -> float | None:
-    """Seconds the throttle has held the run's new moves so far in the current hold."""
-    if not run.held or run.held_since is None:
+def held_now(run: Rebalance, holder: str | None) -> float | None:
+    """Seconds the throttle has held the run's new moves so far in the current hold.
+
+    None when it holds nothing, and for a run no process runs (a hold its dead
+    runner left behind holds nothing; a resume clears it).
+    """
+    if not run.held or run.held_since is None or holder is None:
         return None
     return max(0.0, (timezone.now() - run.held_since).total_seconds())
 
@@ -130,9 +134,9 @@ def run_summary(run: Rebalance) -> dict[str, Any]:
         "created_at": run.created_at.isoformat(),
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
         "error": run.error,
-        "held": run.held,
-        "held_since": run.held_since.isoformat() if run.held_since else None,
-        "held_seconds": run.held_seconds + (held_now(run) or 0.0),
+        "held": run.held if holder else "",
+        "held_since": run.held_since.isoformat() if run.held_since and holder else None,
+        "held_seconds": run.held_seconds + (held_now(run, holder) or 0.0),
         "counts": counts(run),
         "plan": run.plan,
         "moves": [job_summary(job) for job in jobs],
@@ -169,7 +173,7 @@ def run_lines(run: Rebalance) -> list[str]:
         f"{tally['planned']} planned: {tallies}; {len(in_flight)} in flight",
         f"moves: {RunOptions.from_json(run.options).describe()}",
     ]
-    held = held_now(run)
+    held = held_now(run, holder)
     if held is not None:
         lines.append(f"HELD for {held:.0f} s: {run.held}; no new move starts until it clears")
     if run.held_seconds + (held or 0.0) >= 0.5:
