@@ -49,6 +49,14 @@ bench: up
 		$(PYTHON) bench/rollup_bench.py --readings 200000 || status=$$?; fi; \
 	exit $$status
 
+# Rebalancing 200 small devices from two shards onto a third (added if missing) with 1 and 4
+# moves at once, under a steady upload load through HAProxy, verified (bench/rebalance_bench.py;
+# docs/benchmarks.md). Not part of `make bench`: it adds a shard to the local cluster.
+REBALANCE_BENCH_ARGS ?=
+.PHONY: bench-rebalance
+bench-rebalance: up
+	$(PYTHON) bench/rebalance_bench.py $(REBALANCE_BENCH_ARGS)
+
 # One Locust scenario against the local cluster through HAProxy, verified afterwards
 # (loadtest/README.md). SCENARIO=swarm|web|mix; reports under var/loadtest/.
 SCENARIO ?= swarm

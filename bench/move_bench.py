@@ -153,6 +153,7 @@ class Writer:
     base_url: str
     requests: list[tuple[float, float, int | None]] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
+    interval: float = 0.02  # seconds between one answer and the next upload
 
     def run(self) -> None:
         parts = urlsplit(self.base_url)
@@ -186,7 +187,7 @@ class Writer:
             finally:
                 connection.close()
             self.requests.append((started, time.perf_counter(), status))
-            time.sleep(0.02)
+            time.sleep(self.interval)
 
     def slowest_ms_between(self, start: float, end: float) -> float:
         overlapping = [

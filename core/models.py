@@ -274,6 +274,7 @@ class Rebalance(models.Model):
     """One rebalance run: its plan, and whether it is running, stopped or finished."""
 
     class State(models.TextChoices):
+        QUEUED = "queued", "queued for a Celery worker"
         RUNNING = "running", "running"
         STOPPING = "stopping", "stop requested"
         STOPPED = "stopped", "stopped"
@@ -292,6 +293,16 @@ class Rebalance(models.Model):
     cost = models.CharField(max_length=16, choices=Cost.choices, default=Cost.ROWS)
     plan = models.JSONField(default=list, help_text="The planned moves, in order.")
     loads_before = models.JSONField(default=dict, blank=True)
+    options = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="How the moves are made: moves at once, per-shard limits, throttle.",
+    )
+    held = models.TextField(
+        blank=True, help_text="Why the throttle starts no new move right now; empty when none."
+    )
+    held_since = models.DateTimeField(null=True, blank=True)
+    held_seconds = models.FloatField(default=0.0, help_text="Time the throttle held new moves.")
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -4,6 +4,7 @@ import time
 from typing import Any
 
 from django.db import connections
+from django.utils import timezone
 
 from routers.fanout import fan_out
 from shards.fence import HELD_DEVICES_SQL
@@ -42,3 +43,24 @@ def shard_stats(alias: str) -> dict[str, Any]:
 def all_shard_stats(aliases: list[str]) -> dict[str, dict[str, Any] | BaseException]:
     """Stats per shard; a shard that is down yields its exception instead of hiding the rest."""
     return fan_out(shard_stats, aliases, return_exceptions=True)
+
+
+def import_lag_seconds(alias: str) -> float:
+    """How long the oldest upload still waiting for its import has waited (0 when none).
+
+    Only devices the shard owns count: the staged copy a moved device left behind
+    (removed at cleanup) is never imported here. The oldest staged upload is the
+    first entry of the partial index on staged uploads, so this stays cheap.
+    """
+    gone = DeviceFence.objects.on_shard(alias).filter(
+        state__in=[DeviceFence.State.MOVED, DeviceFence.State.PENDING]
+    )
+    oldest = (
+        Upload.objects.on_shard(alias)
+        .filter(status=Upload.Status.STAGED)
+        .exclude(device_id__in=gone.values("device_id"))
+        .order_by("received_at")
+        .values_list("received_at", flat=True)
+        .first()
+    )
+    return 0.0 if oldest is None else max(0.0, (timezone.now() - oldest).total_seconds())

@@ -94,19 +94,62 @@ def run_move_job(job_id: int) -> str:
     return job.phase
 
 
-@shared_task(acks_late=True, reject_on_worker_lost=True)
-def drain_shard(alias: str, cost: str = "rows", include_pinned: bool = False) -> dict:
-    """Drain a shard in the background (the admin's drain action); returns its retire status.
+# A rebalance or drain task that finds another runner busy tries again this often, so
+# long (about half an hour all told); a queued run left over is run by `rebalance --resume`.
+RUNNER_BUSY_RETRY_SECONDS = 30
+RUNNER_BUSY_RETRIES = 60
+
+
+@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True)
+def rebalance_run(self, run_id: int) -> str:
+    """Run a rebalance that `rebalance --background` queued; returns the run's final state.
+
+    A worker killed mid-run has the task delivered again, which resumes the run.
+    While another rebalance or drain holds the runner lock it tries again later.
+    """
+    from shards.rebalance.background import is_queued, run_queued
+    from shards.rebalance.locks import RebalanceBusy
+
+    try:
+        return run_queued(run_id)
+    except RebalanceBusy as exc:
+        if not is_queued(run_id):
+            logger.info("rebalance %s: %s", run_id, exc)  # run by someone else meanwhile
+            return "busy"
+        raise self.retry(
+            exc=exc, countdown=RUNNER_BUSY_RETRY_SECONDS, max_retries=RUNNER_BUSY_RETRIES
+        ) from exc
+
+
+@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True)
+def drain_shard(
+    self,
+    alias: str,
+    cost: str = "rows",
+    include_pinned: bool = False,
+    options: dict | None = None,
+) -> dict:
+    """Drain a shard in the background (the admin's drain action, `drain_shard --background`);
+    returns its retire status.
 
     The same steps as `manage.py drain_shard`, on the same runner: finish interrupted
-    moves, continue an interrupted drain of this shard, move what is left, retire it
-    if it can be. A worker killed mid-drain has the task delivered again, which
-    continues where it stopped, as running the command again does.
+    moves, continue an interrupted drain of this shard, move what is left (with
+    `options`: RunOptions fields that differ from the defaults, also for an interrupted
+    drain it continues), retire it if it can be. A worker
+    killed mid-drain has the task delivered again, which continues where it
+    stopped, as running the command again does. While another rebalance or drain
+    holds the runner lock it tries again later.
     """
     from shards.rebalance.drain import try_retire
     from shards.rebalance.drain_run import move_devices_off
+    from shards.rebalance.locks import RebalanceBusy
 
-    move_devices_off(alias, cost, include_pinned=include_pinned)
+    try:
+        move_devices_off(alias, cost, include_pinned=include_pinned, options=options)
+    except RebalanceBusy as exc:
+        raise self.retry(
+            exc=exc, countdown=RUNNER_BUSY_RETRY_SECONDS, max_retries=RUNNER_BUSY_RETRIES
+        ) from exc
     status = try_retire(alias)
     logger.info("drain of %s: %s", alias, status.message())
     return status.as_json()

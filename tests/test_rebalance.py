@@ -19,18 +19,12 @@ from shards.fence import write_for_device
 from shards.models import DeviceFence, Reading
 from shards.moves.protocol import MoveError, start_move
 from shards.rebalance.costs import gather_fleet
+from shards.rebalance.entries import FAILED, MOVED, SKIPPED, plan_entries
 from shards.rebalance.locks import RunnerLock, exclusive_runner
+from shards.rebalance.observer import Observer
+from shards.rebalance.options import RunOptions
 from shards.rebalance.planner import Plan, PlannedMove, plan_rebalance
-from shards.rebalance.runner import (
-    FAILED,
-    MOVED,
-    SKIPPED,
-    Observer,
-    create_run,
-    execute,
-    plan_entries,
-    request_stop,
-)
+from shards.rebalance.runner import create_run, execute, request_stop
 from tests.factories import make_device, reading_times
 
 OWNED = ("active", "copying", "fenced")
@@ -165,16 +159,17 @@ class StopAfterFirstMove(Observer):
         self.stop = request_stop()
 
 
-def test_a_stop_request_ends_the_run_after_the_current_move(three_shards, crowded):
+def test_a_stop_request_ends_a_serial_run_after_the_current_move(three_shards, crowded):
     shards, devices = gather_fleet("rows")
     plan = plan_rebalance(shards, devices)
     with exclusive_runner() as lock:
-        run_row = create_run(lock, kind="rebalance", cost="rows", plan=plan)
+        one_at_a_time = RunOptions(parallel=1)
+        run_row = create_run(lock, kind="rebalance", cost="rows", plan=plan, options=one_at_a_time)
         observer = StopAfterFirstMove()
         execute(run_row, lock, observer)
 
     run_row.refresh_from_db()
-    assert "to stop after its current move" in observer.stop[1]
+    assert "it starts no new move" in observer.stop[1]
     assert run_row.state == "stopped" and run_row.finished_at is not None
     assert [entry["status"] for entry in run_row.plan] == [MOVED, "pending", "pending", "pending"]
     assert run_row.moves.count() == 1
@@ -270,11 +265,15 @@ def test_status_shows_each_move_with_phase_rows_and_stall(three_shards, crowded)
 
 
 class FailAfterSwitch(Observer):
-    """Makes the first move fail once the directory names the target, as a lost mover would."""
+    """Makes one device's move fail once the directory names the target, as a lost mover
+    would (the run's other moves may run beside it)."""
+
+    def __init__(self, device_id: int) -> None:
+        self.device_id = device_id
 
     def move_started(self, entry):
         def on_phase(job: MoveJob) -> None:
-            if job.phase == MoveJob.Phase.SWITCHED and job.pk == MoveJob.objects.earliest("id").pk:
+            if job.phase == MoveJob.Phase.SWITCHED and job.device_id == self.device_id:
                 raise MoveError("the mover lost its connection")
 
         return on_phase
@@ -285,7 +284,7 @@ def test_a_move_that_failed_after_the_switch_counts_as_moved_once_resumed(three_
     plan = plan_of((a, "shard_1", "shard_2"), (b, "shard_1", "shard_3"))
     with exclusive_runner() as lock:
         run_row = execute(
-            create_run(lock, kind="rebalance", cost="rows", plan=plan), lock, FailAfterSwitch()
+            create_run(lock, kind="rebalance", cost="rows", plan=plan), lock, FailAfterSwitch(a)
         )
     assert [entry["status"] for entry in run_row.plan] == [FAILED, MOVED]
     assert run_row.moves.get(device_id=a).phase == "switched"

@@ -7,11 +7,13 @@ recorded run. Retiring the shard afterwards is `try_retire`'s job.
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from core.models import Rebalance
 from shards.rebalance.costs import gather_fleet
 from shards.rebalance.drain import drain_kind, mark_draining
 from shards.rebalance.locks import exclusive_runner
+from shards.rebalance.options import RunOptions
 from shards.rebalance.planner import Plan, plan_drain
 from shards.rebalance.progress import MovesProgress
 from shards.rebalance.report import plan_lines
@@ -21,6 +23,7 @@ from shards.rebalance.runner import (
     finish_interrupted_moves,
     refuse_interrupted,
     resume_run,
+    with_options,
 )
 
 logger = logging.getLogger(__name__)
@@ -46,9 +49,16 @@ def move_devices_off(
     run_step: RunStep = _just_run,
     say: Callable[[str], None] = logger.info,
     on_blocked: Callable[[Plan], None] = _log_blocked,
+    options: dict[str, Any] | None = None,
 ) -> tuple[Plan, list[Rebalance]]:
-    """Continue an interrupted drain of `alias`, then move what is still on it."""
+    """Continue an interrupted drain of `alias`, then move what is still on it.
+
+    `options`: RunOptions fields to set (None values keep the defaults, or what an
+    interrupted drain was started with).
+    """
     kind = drain_kind(alias)
+    options = options or {}
+    new_options = RunOptions().overridden(**options)
     runs = []
     with exclusive_runner() as lock:
         earlier = refuse_interrupted(except_kind=kind)
@@ -57,6 +67,7 @@ def move_devices_off(
         finish_interrupted_moves(progress)
         for run in earlier:
             say(f"continuing the interrupted {run.kind} {run.pk}")
+            with_options(run, **options)
             run_step(run, lambda run=run: resume_run(run, lock, progress))
             runs.append(run)
         shards, devices = gather_fleet(cost)
@@ -65,7 +76,7 @@ def move_devices_off(
             on_blocked(plan)
         say("\n".join(plan_lines(plan, cost)))
         if plan.moves:
-            run = create_run(lock, kind=kind, cost=cost, plan=plan)
+            run = create_run(lock, kind=kind, cost=cost, plan=plan, options=new_options)
             run_step(run, lambda: execute(run, lock, progress))
             runs.append(run)
     return plan, runs

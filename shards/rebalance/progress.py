@@ -1,13 +1,19 @@
-"""Progress bars for a run on stderr: one over the moves, and each move's phases below it."""
+"""Progress bars for a run on stderr: one over the moves, and one per move in flight below it.
+
+Moves in flight report their phases from their own threads; tqdm serialises the
+drawing, and each move's bar takes the first free line under the run's bar.
+"""
 
 import sys
+import threading
 
 from tqdm import tqdm
 
 from core.models import MoveJob, Rebalance
 from shards.moves.protocol import PhaseCallback
 from shards.moves.report import PhaseBar, describe_job
-from shards.rebalance.runner import FAILED, SKIPPED, Entry, Observer
+from shards.rebalance.entries import FAILED, SKIPPED, Entry
+from shards.rebalance.observer import Observer
 
 
 def _name(entry: Entry) -> str:
@@ -20,7 +26,8 @@ class MovesProgress(Observer):
     def __init__(self, *, enabled: bool = True) -> None:
         self.enabled = enabled
         self.bar: tqdm | None = None
-        self.phases: PhaseBar | None = None
+        self.phases: dict[int, PhaseBar] = {}  # device id -> its move's bar
+        self.lock = threading.Lock()
 
     def run_started(self, run: Rebalance, pending: int) -> None:
         self.bar = tqdm(
@@ -28,28 +35,38 @@ class MovesProgress(Observer):
         )
 
     def move_started(self, entry: Entry) -> PhaseCallback | None:
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"{_name(entry)} {entry['source']} -> {entry['target']}")
-        self.phases = PhaseBar(f"  {_name(entry)} -> {entry['target']}", enabled=self.enabled)
-        return self.phases
+        bar = PhaseBar(
+            f"  {_name(entry)} {entry['source']} -> {entry['target']}", enabled=self.enabled
+        )
+        with self.lock:
+            self.phases[entry["device"]] = bar
+        return bar
 
     def move_finished(self, entry: Entry) -> None:
-        if self.phases is not None:
-            self.phases.close()
-            self.phases = None
+        with self.lock:
+            bar = self.phases.pop(entry["device"], None)
+        if bar is not None:
+            bar.close()
         if self.bar is not None:
             self.bar.update(1)
         if self.enabled and entry["status"] in (FAILED, SKIPPED):
             tqdm.write(f"{_name(entry)} {entry['status']}: {entry['error']}", file=sys.stderr)
 
+    def run_held(self, run: Rebalance, reason: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"held: {reason}" if reason else "", refresh=True)
+
     def job_resuming(self, job: MoveJob) -> PhaseCallback | None:
-        self.phases = PhaseBar(f"resume move {job.pk}", enabled=self.enabled)
-        return self.phases
+        bar = PhaseBar(f"resume move {job.pk}", enabled=self.enabled)
+        with self.lock:
+            self.phases[job.device_id] = bar
+        return bar
 
     def job_resumed(self, job: MoveJob, error: str) -> None:
-        if self.phases is not None:
-            self.phases.close()
-            self.phases = None
+        with self.lock:
+            bar = self.phases.pop(job.device_id, None)
+        if bar is not None:
+            bar.close()
         if self.enabled:
             line = describe_job(job) if not error else f"move {job.pk}: {error}"
             tqdm.write(line, file=sys.stderr)

@@ -5,11 +5,12 @@ from typing import Any
 
 from django.utils import timezone
 
-from core.models import Rebalance, Shard
+from core.models import MoveJob, Rebalance, Shard
 from shards.moves.report import job_summary, rows_moved
+from shards.rebalance.entries import MOVED, PENDING
 from shards.rebalance.locks import ACTIVE_STATES, lock_holder
+from shards.rebalance.options import RunOptions
 from shards.rebalance.planner import Plan
-from shards.rebalance.runner import MOVED, PENDING
 
 STATUSES = ("moved", "failed", "skipped", "pending")
 
@@ -107,48 +108,84 @@ def counts(run: Rebalance) -> dict[str, int]:
     return {"planned": len(run.plan), **{status: tally.get(status, 0) for status in STATUSES}}
 
 
+def held_now(run: Rebalance, holder: str | None) -> float | None:
+    """Seconds the throttle has held the run's new moves so far in the current hold.
+
+    None when it holds nothing, and for a run no process runs (a hold its dead
+    runner left behind holds nothing; a resume clears it).
+    """
+    if not run.held or run.held_since is None or holder is None:
+        return None
+    return max(0.0, (timezone.now() - run.held_since).total_seconds())
+
+
 def run_summary(run: Rebalance) -> dict[str, Any]:
     """Everything about a run for --json: plan with outcomes, move jobs, loads."""
     holder = lock_holder(run.pk)
+    jobs = list(run.moves.order_by("id"))
     return {
         "run": run.pk,
         "kind": run.kind,
         "state": run.state,
         "cost": run.cost,
+        "options": RunOptions.from_json(run.options).as_json(),
         "running_in": holder,
         "interrupted": run.state in ACTIVE_STATES and holder is None,
         "created_at": run.created_at.isoformat(),
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
         "error": run.error,
+        "held": run.held if holder else "",
+        "held_since": run.held_since.isoformat() if run.held_since and holder else None,
+        "held_seconds": run.held_seconds + (held_now(run, holder) or 0.0),
         "counts": counts(run),
         "plan": run.plan,
-        "moves": [job_summary(job) for job in run.moves.order_by("id")],
+        "moves": [job_summary(job) for job in jobs],
+        "in_flight": [job.pk for job in jobs if job.phase in MoveJob.IN_FLIGHT],
         "loads_before": run.loads_before,
         "loads_after": loads_after(run),
         "planned_loads_after": loads_after(run, planned=True),
     }
 
 
-def run_lines(run: Rebalance) -> list[str]:
-    """A run's state and tally, each planned move with its job, and the loads it led to."""
-    tally = counts(run)
-    holder = lock_holder(run.pk)
-    if run.state in ACTIVE_STATES:
+def _head(run: Rebalance, holder: str | None) -> str:
+    if run.state == Rebalance.State.QUEUED:
+        where = ", waiting for a Celery worker" if not holder else f", starting in {holder}"
+    elif run.state in ACTIVE_STATES:
         where = f", in {holder}" if holder else ", INTERRUPTED (`rebalance --resume` continues it)"
     else:
         where = ""
-    head = (
+    return (
         f"{run.kind} {run.pk}: {run.state}{where}; by {run.cost}, started"
         f" {timezone.localtime(run.created_at):%Y-%m-%d %H:%M:%S %Z}"
     )
+
+
+def run_lines(run: Rebalance) -> list[str]:
+    """A run's state, settings and tally, each planned move with its job, and the loads."""
+    tally = counts(run)
+    holder = lock_holder(run.pk)
+    jobs = {job.pk: job for job in run.moves.order_by("id")}
+    latest = {job.device_id: job for job in jobs.values()}
+    in_flight = [job for job in jobs.values() if job.phase in MoveJob.IN_FLIGHT]
     tallies = ", ".join(f"{tally[s]} {s}" for s in STATUSES if tally[s] or s == "moved")
-    lines = [head, f"{tally['planned']} planned: {tallies}"]
-    jobs = {job.pk: job for job in run.moves.all()}
+    lines = [
+        _head(run, holder),
+        f"{tally['planned']} planned: {tallies}; {len(in_flight)} in flight",
+        f"moves: {RunOptions.from_json(run.options).describe()}",
+    ]
+    held = held_now(run, holder)
+    if held is not None:
+        lines.append(f"HELD for {held:.0f} s: {run.held}; no new move starts until it clears")
+    if run.held_seconds + (held or 0.0) >= 0.5:
+        lines.append(f"the throttle held new moves for {run.held_seconds + (held or 0.0):.0f} s")
     rows = [("device", "from", "to", "cost", "outcome", "job", "phase", "rows copied", "stall")]
     for entry in run.plan:
         job = jobs.get(entry.get("job"))
-        if job is None and entry["status"] == PENDING:
-            job = next((j for j in jobs.values() if j.device_id == entry["device"]), None)
+        outcome = entry["status"]
+        if job is None and outcome == PENDING:
+            job = latest.get(entry["device"])
+            if job is not None and job.phase in MoveJob.IN_FLIGHT:
+                outcome = "moving"
         stall = f"{job.stall_ms:.0f} ms" if job and job.stall_ms is not None else "-"
         rows.append(
             (
@@ -156,7 +193,7 @@ def run_lines(run: Rebalance) -> list[str]:
                 entry["source"],
                 entry["target"],
                 str(entry["cost"]),
-                entry["status"],
+                outcome,
                 str(job.pk) if job else "-",
                 job.phase if job else "-",
                 str(rows_moved(job)) if job else "-",

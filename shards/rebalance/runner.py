@@ -1,65 +1,44 @@
-"""Running a rebalance or drain: its planned moves one after another, recorded as it goes.
+"""Running a rebalance or drain: its planned moves, several at once, recorded as they go.
 
-The plan is stored in the Rebalance row before the first move, and each entry
-gets its outcome (moved, failed, skipped) and move job as soon as it has one,
-so a run killed anywhere can be resumed: `resume` first finishes the move jobs
-no process is running, then settles each planned entry from its job, then
-makes the moves still pending. Between moves the runner re-reads its row, so
-`request_stop` (another process) stops it after the current move. A move that
-fails is recorded and the run goes on with the next.
+The plan is stored in the Rebalance row before the first move, with the options
+it runs with (shards.rebalance.options), and each entry gets its outcome (moved,
+failed, skipped) and move job as soon as it has one (shards.rebalance.parallel
+makes the moves), so a run killed anywhere, with any number of moves in flight,
+can be resumed: `resume` first finishes the move jobs no process is running,
+then settles each planned entry from its job, then makes the moves still
+pending. `request_stop` (from any process) makes the runner start no new move
+and return once the moves in flight have ended. A move that fails is recorded
+and the run goes on with the others.
+
+A run queued for a Celery worker (`rebalance --background`) is recorded as
+'queued' and claimed by whoever starts it first: the worker, or a `--resume`.
 """
-
-from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
-from core.models import MoveJob, Placement, Rebalance, Shard
+from core.models import MoveJob, Rebalance
 from routers.aliases import DIRECTORY_ALIAS
-from shards.moves.protocol import (
-    MoveError,
-    PhaseCallback,
-    interrupted_moves,
-    move_device,
-    run_move,
-)
+from shards.moves.protocol import MoveError, interrupted_moves, run_move
+from shards.rebalance.entries import FAILED, MOVED, PENDING, plan_entries
 from shards.rebalance.locks import ACTIVE_STATES, RebalanceBusy, RunnerLock, lock_holder
+from shards.rebalance.observer import Observer
+from shards.rebalance.options import RunOptions
+from shards.rebalance.parallel import ParallelMoves
 from shards.rebalance.planner import Plan
 
 State = Rebalance.State
-PENDING, MOVED, FAILED, SKIPPED = "pending", "moved", "failed", "skipped"
-Entry = dict[str, Any]
+# The phases in which a crashed job holds its device's writers: resumed first.
+HOLDING_WRITERS = (
+    MoveJob.Phase.FENCED,
+    MoveJob.Phase.VERIFIED,
+    MoveJob.Phase.ACTIVATED,
+    MoveJob.Phase.SWITCHED,
+)
 
 
 class RebalanceError(Exception):
     """A request about runs that cannot be done; the message says why."""
-
-
-class Observer:
-    """What a command hears about a run (progress bars); the default hears nothing."""
-
-    def run_started(self, run: Rebalance, pending: int) -> None:
-        pass
-
-    def move_started(self, entry: Entry) -> PhaseCallback | None:
-        return None
-
-    def move_finished(self, entry: Entry) -> None:
-        pass
-
-    def job_resuming(self, job: MoveJob) -> PhaseCallback | None:
-        return None
-
-    def job_resumed(self, job: MoveJob, error: str) -> None:
-        pass
-
-    def run_finished(self, run: Rebalance) -> None:
-        pass
-
-
-def plan_entries(plan: Plan) -> list[Entry]:
-    """The plan as stored in Rebalance.plan: each move with its outcome, pending at first."""
-    return [{**move.as_json(), "status": PENDING, "job": None, "error": ""} for move in plan.moves]
 
 
 def check_kind(kind: str) -> str:
@@ -72,61 +51,36 @@ def check_kind(kind: str) -> str:
     return kind
 
 
-def create_run(lock: RunnerLock, *, kind: str, cost: str, plan: Plan) -> Rebalance:
-    """Record a run and claim it in one step, so it never looks interrupted to others."""
+def create_run(
+    lock: RunnerLock,
+    *,
+    kind: str,
+    cost: str,
+    plan: Plan,
+    options: RunOptions | None = None,
+    queued: bool = False,
+) -> Rebalance:
+    """Record a run and claim it in one step, so it never looks interrupted to others.
+
+    A `queued` run is left for a Celery worker (or a `--resume`) to claim.
+    """
     check_kind(kind)
     with transaction.atomic(using=DIRECTORY_ALIAS):
         run = Rebalance.objects.create(
             kind=kind,
             cost=cost,
-            state=State.RUNNING,
+            state=State.QUEUED if queued else State.RUNNING,
             plan=plan_entries(plan),
             loads_before=plan.loads_before,
+            options=(options or RunOptions()).as_json(),
         )
-        lock.claim(run)
+        if not queued:
+            lock.claim(run)
     return run
 
 
 def _state_of(run: Rebalance) -> str | None:
     return Rebalance.objects.filter(pk=run.pk).values_list("state", flat=True).first()
-
-
-def _why_skip(entry: Entry) -> str:
-    """A reason not to make a planned move any more (the world changed since the plan)."""
-    placement = Placement.objects.filter(device_id=entry["device"]).first()
-    if placement is None:
-        return "the device no longer exists"
-    if placement.shard_id != entry["source"]:
-        return f"the device is on {placement.shard_id} now, not {entry['source']}"
-    if placement.pinned and not entry.get("pinned"):
-        return "the device was pinned after the plan was made"
-    if Shard.objects.filter(alias=entry["target"], weight=0).exists():
-        return f"{entry['target']} has weight 0 now (dedicated)"
-    busy = MoveJob.objects.filter(device_id=entry["device"], phase__in=MoveJob.IN_FLIGHT).first()
-    if busy is not None:
-        return f"the device is being moved by move job {busy.pk}"
-    return ""
-
-
-def _make_move(run: Rebalance, entry: Entry, on_phase: PhaseCallback | None) -> None:
-    """Make one planned move and write its outcome into the entry."""
-    reason = _why_skip(entry)
-    if reason:
-        entry.update(status=SKIPPED, error=reason)
-        return
-    try:
-        job = move_device(
-            entry["device"],
-            entry["target"],
-            rebalance=run,
-            requested_by=f"{run.kind} {run.pk}",
-            on_phase=on_phase,
-        )
-    except MoveError as exc:
-        job = run.moves.filter(device_id=entry["device"]).order_by("-id").first()
-        entry.update(status=FAILED, error=str(exc), job=job.pk if job else None)
-        return
-    entry.update(status=MOVED, job=job.pk, error="")
 
 
 def _failures(run: Rebalance) -> str:
@@ -151,22 +105,18 @@ def _finish(run: Rebalance) -> Rebalance:
 
 
 def execute(run: Rebalance, lock: RunnerLock, observer: Observer | None = None) -> Rebalance:
-    """Make the run's pending moves in order; the caller holds `exclusive_runner()`."""
+    """Make the run's pending moves with its options; the caller holds `exclusive_runner()`."""
     observer = observer or Observer()
     lock.claim(run)
-    pending = [entry for entry in run.plan if entry["status"] == PENDING]
-    observer.run_started(run, len(pending))
+    pending = sum(1 for entry in run.plan if entry["status"] == PENDING)
+    observer.run_started(run, pending)
     try:
-        for entry in pending:
-            if _state_of(run) in (State.STOPPING, State.STOPPED):
-                break
-            _make_move(run, entry, observer.move_started(entry))
-            run.save(update_fields=["plan"])
-            observer.move_finished(entry)
+        ParallelMoves(run, RunOptions.from_json(run.options), observer).make_moves()
         _finish(run)
     except Exception as exc:
         # Not a failed move (those are recorded and passed over): the directory or
-        # a shard failed under the runner, so the run stops here.
+        # a shard failed under the runner, so the run stops here (its moves in flight
+        # have ended; a resume settles them).
         Rebalance.objects.filter(pk=run.pk).update(
             state=State.FAILED, error=f"stopped by an error: {exc}", finished_at=timezone.now()
         )
@@ -178,14 +128,37 @@ def execute(run: Rebalance, lock: RunnerLock, observer: Observer | None = None) 
     return run
 
 
+def with_options(run: Rebalance, **changes: object) -> Rebalance:
+    """Change some of a run's options (None keeps one), e.g. for a resume; checked first."""
+    options = RunOptions.from_json(run.options).overridden(**changes)
+    if options.as_json() != run.options:
+        run.options = options.as_json()
+        run.save(update_fields=["options"])
+    return run
+
+
 def interrupted_runs() -> list[Rebalance]:
     """Runs left running (or stopping) that no process holds: their runner died."""
     runs = Rebalance.objects.filter(state__in=ACTIVE_STATES).order_by("id")
     return [run for run in runs if lock_holder(run.pk) is None]
 
 
+def queued_runs() -> list[Rebalance]:
+    """Runs queued for a Celery worker that no process has started yet."""
+    runs = Rebalance.objects.filter(state=State.QUEUED).order_by("id")
+    return [run for run in runs if lock_holder(run.pk) is None]
+
+
 def refuse_interrupted(*, except_kind: str = "") -> list[Rebalance]:
-    """Refuse to start anew over an interrupted run; returns those of `except_kind`."""
+    """Refuse to start anew over an interrupted or queued run; returns those of `except_kind`."""
+    queued = queued_runs()
+    if queued:
+        run = queued[0]
+        raise RebalanceBusy(
+            f"{run.kind} {run.pk} is queued for a Celery worker (since"
+            f" {timezone.localtime(run.created_at):%H:%M:%S}): wait for it,"
+            f" `rebalance --resume` runs it here, `rebalance --stop {run.pk}` cancels it"
+        )
     mine = []
     for run in interrupted_runs():
         if run.kind == except_kind:
@@ -219,9 +192,13 @@ def settle_from_jobs(run: Rebalance) -> None:
 
 
 def finish_interrupted_moves(observer: Observer | None = None) -> list[MoveJob]:
-    """Run every move job no process is running to its end (or roll it back)."""
+    """Run every move job no process is running to its end (or roll it back).
+
+    Jobs that hold their device's writers (fenced up to switched) go first: a
+    runner killed with several moves in flight may have left more than one.
+    """
     observer = observer or Observer()
-    jobs = interrupted_moves()
+    jobs = sorted(interrupted_moves(), key=lambda job: (job.phase not in HOLDING_WRITERS, job.pk))
     for job in jobs:
         error = ""
         try:
@@ -247,23 +224,46 @@ def resume_run(run: Rebalance, lock: RunnerLock, observer: Observer | None = Non
     return execute(run, lock, observer)
 
 
+def start_queued(run: Rebalance, lock: RunnerLock, observer: Observer | None = None) -> Rebalance:
+    """Run a queued run here, unless someone started or stopped it first."""
+    lock.claim(run)
+    started = Rebalance.objects.filter(pk=run.pk, state=State.QUEUED).update(state=State.RUNNING)
+    run.refresh_from_db()
+    if not started:
+        lock.release(run)
+        return run
+    return execute(run, lock, observer)
+
+
 def request_stop(run_id: int | None = None) -> tuple[Rebalance, str]:
-    """Ask a running run to stop after its current move; an interrupted one stops now."""
+    """Ask a running run to stop once its moves in flight end; an interrupted or queued one
+    stops now."""
     if run_id is None:
-        run = Rebalance.objects.filter(state__in=ACTIVE_STATES).order_by("-id").first()
+        live = (*ACTIVE_STATES, State.QUEUED)
+        run = Rebalance.objects.filter(state__in=live).order_by("-id").first()
         if run is None:
             raise RebalanceError("no rebalance or drain is running")
     else:
         run = Rebalance.objects.filter(pk=run_id).first()
         if run is None:
             raise RebalanceError(f"there is no rebalance run {run_id}")
-    if run.state not in ACTIVE_STATES:
+    if run.state not in (*ACTIVE_STATES, State.QUEUED):
         raise RebalanceError(f"{run.kind} {run.pk} is {run.state}: there is nothing to stop")
     holder = lock_holder(run.pk)
     if holder:
         Rebalance.objects.filter(pk=run.pk, state=State.RUNNING).update(state=State.STOPPING)
         run.refresh_from_db()
-        return run, f"asked {run.kind} {run.pk} ({holder}) to stop after its current move"
+        in_flight = run.moves.filter(phase__in=MoveJob.IN_FLIGHT).count()
+        return run, (
+            f"asked {run.kind} {run.pk} ({holder}) to stop: it starts no new move and stops"
+            f" once the {in_flight} move(s) in flight have ended"
+        )
+    if run.state == State.QUEUED:
+        Rebalance.objects.filter(pk=run.pk, state=State.QUEUED).update(
+            state=State.STOPPED, error="stopped before it started", finished_at=timezone.now()
+        )
+        run.refresh_from_db()
+        return run, f"{run.kind} {run.pk} was queued, not started; marked stopped"
     Rebalance.objects.filter(pk=run.pk).update(
         state=State.STOPPED,
         error="stopped while no process was running it",

@@ -2,27 +2,37 @@ import json
 import time
 from typing import Any
 
-from django.core.management.base import CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.utils import timezone
 
 from core.models import Rebalance, Shard
-from shards.rebalance.cli import OpsCommand, add_cost_argument, command_errors
+from shards.rebalance.cli import (
+    OpsCommand,
+    add_cost_argument,
+    add_run_arguments,
+    command_errors,
+    run_options_given,
+)
 from shards.rebalance.costs import gather_fleet
 from shards.rebalance.drain import (
     RetireStatus,
     drain_kind,
     get_shard,
+    mark_draining,
     pinned_on,
     try_retire,
 )
 from shards.rebalance.drain_run import move_devices_off
+from shards.rebalance.locks import exclusive_runner
 from shards.rebalance.planner import Plan, plan_drain
 from shards.rebalance.progress import MovesProgress
 from shards.rebalance.report import counts, plan_lines, run_lines, run_summary
 from shards.rebalance.runner import (
     RebalanceError,
     check_kind,
+    refuse_interrupted,
 )
+from shards.tasks import drain_shard as drain_shard_task
 
 EXAMPLES = """\
 examples:
@@ -31,6 +41,8 @@ examples:
   manage.py drain_shard shard_2 --wait           # ... and wait until it can be retired
   manage.py drain_shard shard_2                  # again later: continues, then retires
   manage.py drain_shard shard_2 --include-pinned # pinned devices move too (and stay pinned)
+  manage.py drain_shard shard_2 --parallel 4 --max-per-source 4   # its devices go 4 at once
+  manage.py drain_shard shard_2 --background     # on a Celery worker; `rebalance --status`
 """
 
 # A retirement that waits for cleanup looks again this long after the grace period ends.
@@ -42,8 +54,9 @@ class Command(OpsCommand):
     help = """\
 Take a shard out of service. It is marked draining at once, so new devices no
 longer go there (nor do rebalanced ones); then every device on it moves, online
-and one after another, to the active shard least loaded for its weight (by
---cost, rows by default), largest first. The moves are recorded as a run of kind
+to the active shard least loaded for its weight (by --cost, rows by default),
+largest first, several at once and throttled as a rebalance's are (see the
+options below and `rebalance --help`). The moves are recorded as a run of kind
 drain:<alias>, shown by `rebalance --status`.
 
 Pinned devices block a drain: it refuses, names them and changes nothing, unless
@@ -58,9 +71,14 @@ Until then it says when to run it again; with --wait it sleeps until then.
 Running it again is always safe and continues where it stopped: it finishes
 interrupted move jobs, continues an interrupted drain of this shard, moves what is
 still there and retires the shard when it can (`rebalance --resume` also continues
-an interrupted drain, without retiring). `rebalance --stop` stops a drain after
-its current move; the shard stays draining. The exit status is 1 if devices are
-left on the shard other than by waiting for cleanup."""
+an interrupted drain, without retiring). `rebalance --stop` stops a drain once
+its moves in flight have ended; the shard stays draining. The exit status is 1 if
+devices are left on the shard other than by waiting for cleanup.
+
+--background marks the shard draining and hands the rest to a Celery worker (as
+the admin's drain action does); the command returns at once. The drain's run
+shows in `rebalance --status` once the worker has planned it; run this command
+again (without --background) later to retire the shard."""
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("alias", help="The shard to drain, e.g. shard_2.")
@@ -83,11 +101,17 @@ left on the shard other than by waiting for cleanup."""
             " clean up and retire it.",
         )
         parser.add_argument(
+            "--background",
+            action="store_true",
+            help="Mark the shard draining and queue the drain on a Celery worker; return at once.",
+        )
+        parser.add_argument(
             "--json",
             action="store_true",
-            help="Print only JSON on stdout: {alias, dry_run, plan, runs, retire}."
-            " Progress bars are off.",
+            help="Print only JSON on stdout: {alias, dry_run, plan, runs, retire}, or {alias,"
+            " queued, message} with --background. Progress bars are off.",
         )
+        add_run_arguments(parser, resumable="an interrupted drain of this shard")
 
     def handle(self, *args: Any, **options: Any) -> None:
         self.as_json = options["json"]
@@ -97,12 +121,16 @@ left on the shard other than by waiting for cleanup."""
             if shard.state == Shard.State.RETIRED:
                 self.finish(alias, None, [], try_retire(alias))
                 return
+            given = run_options_given(options)
             if options["dry_run"]:
                 self.dry_run(alias, options)
                 return
             check_kind(drain_kind(alias))
             self.refuse_pinned(alias, options["include_pinned"])
-            plan, runs = self.drain(alias, options)
+            if options["background"]:
+                self.queue(alias, options, given)
+                return
+            plan, runs = self.drain(alias, options, given)
             status = try_retire(alias)
             if options["wait"]:
                 status = self.wait_for_retirement(alias, status)
@@ -147,7 +175,9 @@ left on the shard other than by waiting for cleanup."""
                 f" --include-pinned (they move and stay pinned). {changed}"
             )
 
-    def drain(self, alias: str, options: dict[str, Any]) -> tuple[Plan, list[Rebalance]]:
+    def drain(
+        self, alias: str, options: dict[str, Any], given: dict[str, Any]
+    ) -> tuple[Plan, list[Rebalance]]:
         """Continue an interrupted drain of `alias`, then move whatever is still on it."""
         include_pinned = options["include_pinned"]
         return move_devices_off(
@@ -158,7 +188,33 @@ left on the shard other than by waiting for cleanup."""
             run_step=self.run_to_end,
             say=self.say,
             on_blocked=lambda plan: self.refuse_pinned(alias, include_pinned, draining=True),
+            options=given,
         )
+
+    def queue(self, alias: str, options: dict[str, Any], given: dict[str, Any]) -> None:
+        """Mark the shard draining and hand the drain to a worker, unless another run is in
+        the way (the worker would only wait for it)."""
+        with exclusive_runner():
+            refuse_interrupted(except_kind=drain_kind(alias))
+            mark_draining(alias)
+        set_options = {name: value for name, value in given.items() if value is not None}
+        try:
+            drain_shard_task.delay(alias, options["cost"], options["include_pinned"], set_options)
+        except Exception as exc:
+            raise CommandError(
+                f"{alias} is draining, but the drain could not be queued ({exc}); run"
+                f" `drain_shard {alias}` without --background"
+            ) from exc
+        message = (
+            f"{alias} is draining: no new devices go there. Its devices move off on a Celery"
+            " worker; `rebalance --status` shows the drain once the worker has planned it,"
+            f" `rebalance --stop` stops it. Run `drain_shard {alias}` again to retire it once"
+            " it is empty."
+        )
+        if self.as_json:
+            self.emit({"alias": alias, "queued": True, "message": message})
+        else:
+            self.stdout.write(message)
 
     def continue_hint(self, run: Rebalance) -> str:
         return f"Run `drain_shard {run.kind.split(':', 1)[1]}` again to continue."

@@ -7,7 +7,8 @@ from core.models import Device, MoveJob
 from shards.moves.cleanup import clean_up_due_moves
 from shards.moves.protocol import MoveError, move_device, rollback_move
 from shards.moves.report import PhaseBar, describe_job, job_summary
-from shards.rebalance.runner import Observer, finish_interrupted_moves
+from shards.rebalance.observer import Observer
+from shards.rebalance.runner import finish_interrupted_moves
 
 
 class ResumeBars(Observer):
