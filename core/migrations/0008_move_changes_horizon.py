@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("core", "0006_credential_keys_and_deletions"),
+        ("core", "0007_rebalance_parallel_and_throttle"),
     ]
 
     operations = [
