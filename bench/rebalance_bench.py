@@ -55,13 +55,13 @@ from move_bench import (
 from core.devices import create_device
 from core.models import DeviceDeletion, Placement
 from routers.registry import refresh_registry
-from shards.models import DeviceFence, Reading, Upload
+from shards.fence import held_devices
+from shards.models import Reading, Upload
 from shards.moves.protocol import move_device
 from shards.stats import import_lag_seconds
 
 RESULTS = REPO_ROOT / "bench" / "results"
 HOME_SHARDS = ("shard_1", "shard_2")
-OWNING = (DeviceFence.State.ACTIVE, DeviceFence.State.COPYING, DeviceFence.State.FENCED)
 FILL_METRIC_PREFIX = "metric_"
 UPLOAD_METRIC = "load"  # what Writer sends
 # Uploads before the baseline window: connections, caches and the new shard settle.
@@ -101,10 +101,7 @@ def owners(device_ids: list[int], aliases: list[str]) -> dict[int, list[str]]:
     """The shards whose fence says they own each device (exactly one when all is well)."""
     owned: dict[int, list[str]] = {device_id: [] for device_id in device_ids}
     for alias in aliases:
-        rows = DeviceFence.objects.on_shard(alias).filter(
-            device_id__in=device_ids, state__in=OWNING
-        )
-        for device_id in rows.values_list("device_id", flat=True):
+        for device_id in held_devices(alias).filter(device_id__in=device_ids):
             owned[device_id].append(alias)
     return owned
 

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import connections, transaction
+from django.db.models import QuerySet
 
 from routers.errors import UnknownShard
 from routers.placement import device_id_of, invalidate_placement, shard_for_device
@@ -241,6 +242,20 @@ def held_device_ids(cursor: Any) -> list[int]:
 def count_held_devices(cursor: Any) -> int:
     cursor.execute(f"SELECT count(*) FROM ({HELD_DEVICES_SQL}) held")
     return cursor.fetchone()[0]
+
+
+def held_devices(alias: str) -> QuerySet:
+    """The ids of the devices the shard holds (as HELD_DEVICES_SQL), as an ORM subquery."""
+    return (
+        DeviceFence.objects.on_shard(alias)
+        .filter(state__in=DeviceFence.HELD)
+        .values_list("device_id", flat=True)
+    )
+
+
+def knows_any_device(alias: str) -> bool:
+    """Whether the shard has a fence row for any device (held, moved away or pending)."""
+    return DeviceFence.objects.on_shard(alias).exists()
 
 
 def has_no_fence_sql(device_column: str) -> str:

@@ -23,8 +23,8 @@ from redis.exceptions import RedisError
 from core.celery import app as celery_app
 from routers.errors import UnknownDevice
 from shards.analysis.buckets import BUCKET_ORIGIN
-from shards.fence import write_for_device
-from shards.models import DeviceFence, DeviceStatus, LatestValue, Reading, RollupPending, Upload
+from shards.fence import held_devices, write_for_device
+from shards.models import DeviceStatus, LatestValue, Reading, RollupPending, Upload
 
 logger = logging.getLogger(__name__)
 
@@ -268,12 +268,11 @@ def sweep_staged_uploads(alias: str, older_than_seconds: int) -> int:
     cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
     # Uploads of devices moved away are imported where the device lives now (their
     # copies came along); the copies left here until cleanup are not queued again.
-    owned = DeviceFence.objects.on_shard(alias).filter(state__in=DeviceFence.HELD)
     # status + received_at: served by the partial index upload_staged_idx.
     stale = (
         Upload.objects.on_shard(alias)
         .filter(status=Upload.Status.STAGED, received_at__lte=cutoff)
-        .filter(device_id__in=owned.values("device_id"))
+        .filter(device_id__in=held_devices(alias))
         .order_by("received_at")
         .values_list("device_id", "id")[:SWEEP_LIMIT]
     )

@@ -21,8 +21,9 @@ from psycopg2 import errors, sql
 from core.models import Shard
 from routers.aliases import DIRECTORY_ALIAS
 from routers.registry import connection_settings_for, refresh_registry, register_shard_connection
+from shards.fence import knows_any_device
 from shards.ids import MAX_SHARD_NUMBER
-from shards.models import DeviceFence, ShardIdentity
+from shards.models import ShardIdentity
 
 
 class ShardRegistrationError(Exception):
@@ -75,7 +76,7 @@ def stamp_identity(alias: str, number: int) -> None:
     """Record on the shard which registry number it carries (used in every id it mints)."""
     current = ShardIdentity.objects.on_shard(alias).filter(pk=1).first()
     taken = current is not None and current.number != number
-    if taken and DeviceFence.objects.on_shard(alias).exists():
+    if taken and knows_any_device(alias):
         raise ShardRegistrationError(
             f"this database already holds devices as shard number {current.number}"
             f" ({current.alias}); refusing to give it number {number}"

@@ -7,7 +7,7 @@ from django.db import connections
 from django.utils import timezone
 
 from routers.fanout import fan_out
-from shards.fence import HELD_DEVICES_SQL
+from shards.fence import HELD_DEVICES_SQL, held_devices
 from shards.models import Command, Reading, Upload
 
 # Only devices this shard holds count: a moved device's rows linger until cleanup.
@@ -52,13 +52,10 @@ def import_lag_seconds(alias: str) -> float:
     (removed at cleanup) is never imported here. The oldest staged upload is the
     first entry of the partial index on staged uploads, so this stays cheap.
     """
-    gone = DeviceFence.objects.on_shard(alias).filter(
-        state__in=[DeviceFence.State.MOVED, DeviceFence.State.PENDING]
-    )
     oldest = (
         Upload.objects.on_shard(alias)
         .filter(status=Upload.Status.STAGED)
-        .exclude(device_id__in=gone.values("device_id"))
+        .filter(device_id__in=held_devices(alias))
         .order_by("received_at")
         .values_list("received_at", flat=True)
         .first()

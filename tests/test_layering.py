@@ -21,11 +21,16 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def test_nothing_in_shards_imports_the_tasks_module():
-    """shards.tasks calls into the other modules; they queue tasks by name (no import circle)."""
+    """shards.tasks calls into the other modules; they queue tasks by name (no import circle).
+
+    Management commands are entry points nothing imports, so they may queue a task object.
+    """
     importers = [
         path.relative_to(REPO_ROOT).as_posix()
         for path in (REPO_ROOT / "shards").rglob("*.py")
-        if path.name != "tasks.py" and "shards.tasks" in imported_modules(path)
+        if path.name != "tasks.py"
+        and "management" not in path.parts
+        and "shards.tasks" in imported_modules(path)
     ]
     assert importers == []
 
