@@ -14,6 +14,7 @@ and read there; one held by a move's fence is waited for, as writers wait
 from collections.abc import Callable, Iterator
 from typing import Any, Self, TypeVar
 
+from django.core.exceptions import EmptyResultSet
 from django.db import models
 
 from routers.managers import ShardQuerySet
@@ -21,6 +22,7 @@ from routers.placement import device_id_of
 
 T = TypeVar("T")
 _END = object()
+_NO_ROWS_SQL = "SELECT 1 WHERE false"
 
 
 class FencedQuerySet(ShardQuerySet):
@@ -67,7 +69,10 @@ class FencedQuerySet(ShardQuerySet):
         """(fence state, answer of `inner` over this query's rows), one statement."""
         from shards.fence import fence_state_with
 
-        sql, params = queryset.query.get_compiler(alias).as_sql()
+        try:
+            sql, params = queryset.query.get_compiler(alias).as_sql()
+        except EmptyResultSet:  # no row can match (e.g. an id beyond bigint): still ask the fence
+            sql, params = _NO_ROWS_SQL, ()
         inner_sql = inner.replace("{query}", sql)
         return fence_state_with(alias, self._fenced_device, inner_sql, list(params))
 

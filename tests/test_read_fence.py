@@ -169,3 +169,16 @@ def test_a_moved_devices_read_with_moves_in_flight_in_the_overview(world):
     (listed,) = page["devices"]
     assert listed["shard"] == "shard_2" and listed["last_seen_at"] is not None
     assert json.dumps(listed["latest"])  # latest values came from the new shard
+
+
+def test_a_filter_no_row_can_match_still_answers(world):
+    """A value outside the column's range makes Django skip the statement; the fenced
+    count, exists and list must answer "none" as plain querysets do (not raise)."""
+    device = world["device"]
+    out_of_range = Upload.objects.for_device(device).filter(pk=2**63)
+    assert out_of_range.count() == 0
+    assert out_of_range.exists() is False
+    assert list(out_of_range) == []
+    assert list(out_of_range.iterator()) == []
+    answer = Client().get(f"/api/v1/device/uploads/{2**63}", **bearer(world["made"].token))
+    assert answer.status_code == 404, answer.content
