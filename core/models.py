@@ -381,6 +381,8 @@ class MoveJob(models.Model):
 
     UNSWITCHED = (Phase.CREATED, Phase.COPYING, Phase.FENCED, Phase.VERIFIED, Phase.ACTIVATED)
     IN_FLIGHT = (*UNSWITCHED, Phase.SWITCHED)
+    # The source is fenced: its writers and readers wait for the mover.
+    HOLDING_WRITERS = (Phase.FENCED, Phase.VERIFIED, Phase.ACTIVATED, Phase.SWITCHED)
     FINAL = (Phase.DONE, Phase.ROLLED_BACK, Phase.FAILED)
 
     class Meta:

@@ -18,8 +18,9 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import psycopg2.errors
 from django.conf import settings
-from django.db import connections, transaction
+from django.db import OperationalError, connections, transaction
 from django.db.models import QuerySet
 
 from routers.errors import UnknownShard
@@ -32,7 +33,8 @@ State = DeviceFence.State
 FENCE_TABLE = DeviceFence._meta.db_table
 # Each retry re-reads the placement; two moves in a row are the most a writer meets.
 WRITE_ATTEMPTS = 4
-# A writer that meets a fenced device polls with this back-off, in seconds.
+# A writer that meets a fenced device no mover's gate holds (the mover died) polls with
+# this back-off, in seconds.
 FENCE_POLL_FIRST = 0.005
 FENCE_POLL_MAX = 0.05
 
@@ -108,7 +110,8 @@ def follow_device(
 
     `attempt` raises DeviceMoved when the shard does not serve the device. A fence in
     one of `waits_for` is waited for (up to FENCE_WAIT_SECONDS, then DeviceMoved,
-    which callers answer with 503 and Retry-After); any other answer drops the
+    which callers answer with 503 and Retry-After): at the mover's gate while it holds
+    one, else by polling; any other answer drops the
     cached placement and asks again, at most WRITE_ATTEMPTS times. `first_alias`: the
     shard the caller resolved already, for the first try.
     """
@@ -124,7 +127,12 @@ def follow_device(
             return attempt(alias)
         except DeviceMoved as exc:
             if exc.state in waits_for:
-                if time.monotonic() + pause > deadline:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise
+                if exc.state == State.FENCED and wait_at_gate(exc.alias, device_id, remaining):
+                    continue  # the mover let go (or the wait ran out): read the fence again
+                if pause > remaining:
                     raise
                 time.sleep(pause)
                 pause = min(pause * 2, FENCE_POLL_MAX)
@@ -141,6 +149,45 @@ def follow_device(
             alias = None
             if relookups >= WRITE_ATTEMPTS:
                 raise
+
+
+# -- the mover's gate -----------------------------------------------------------------------
+# Through its fenced window a mover also holds, in a transaction of its own on the source,
+# an exclusive advisory lock keyed by the device id (on shards the single-bigint advisory
+# key space is this gate's alone). A writer or reader that meets 'fenced' queues for the
+# same lock, shared, instead of polling, so it tries again the moment the mover lets go.
+# A mover that dies drops its connection and the gate with it: the fence stays 'fenced'
+# and waiters fall back to polling until a resume or rollback. Transaction-scoped locks on
+# both sides, so a transaction-pooling PgBouncer in front of the shard keeps them apart.
+
+
+def close_gate(cursor: Any, device_id: int) -> None:
+    """On the mover's gate connection, in a transaction it keeps open through the fenced
+    window: from now on waiters queue here. Commit (or close) the connection to let them go."""
+    cursor.execute("SELECT pg_advisory_xact_lock(%s)", [device_id])
+
+
+def wait_at_gate(alias: str, device_id: int, seconds: float) -> bool:
+    """Wait up to `seconds` for the mover holding the device's gate on `alias` to let go.
+
+    False at once when no mover holds it (the caller polls instead) or when the caller is
+    inside a transaction on `alias` (queueing would hold that transaction's snapshot open).
+    """
+    connection = connections[alias]
+    if connection.in_atomic_block:
+        return False
+    try:
+        with transaction.atomic(using=alias), connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_xact_lock_shared(%s)", [device_id])
+            if cursor.fetchone()[0]:
+                return False
+            timeout_ms = max(1, int(seconds * 1000))
+            cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{timeout_ms}ms"])
+            cursor.execute("SELECT pg_advisory_xact_lock_shared(%s)", [device_id])
+    except OperationalError as exc:
+        if not isinstance(exc.__cause__, psycopg2.errors.LockNotAvailable):
+            raise
+    return True
 
 
 def write_for_device(device: object, write: Callable[[str], T], *, deleting: bool = False) -> T:

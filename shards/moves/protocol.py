@@ -45,6 +45,7 @@ from routers.placement import remember_placement
 from routers.registry import ensure_shard_connection
 from routers.silos import shard_apps
 from shards.fence import (
+    close_gate,
     fence_state,
     fence_state_and_since,
     open_pending,
@@ -59,7 +60,7 @@ from shards.moves.capture import (
     tables_without_capture,
 )
 from shards.moves.copying import copy_changed_rows, copy_device_rows, delete_device_rows
-from shards.moves.streams import raw_connections
+from shards.moves.streams import raw_connection, raw_connections
 from shards.moves.tables import DeviceTable, device_tables
 from shards.moves.verify import Verification, verify_bulk, verify_changed_rows
 
@@ -202,10 +203,25 @@ class _Mover:
         self.target = target
         self.tables = tables
         self.fence_started: float | None = None
+        self.gate: Any = None  # its own source connection, open while writers are held
 
     @property
     def device_id(self) -> int:
         return self.job.device_id
+
+    def hold_writers(self) -> None:
+        """Close the gate writers and readers that meet 'fenced' queue at (shards.fence)."""
+        if self.gate is None:
+            self.gate = raw_connection(self.job.source_id)
+            with self.gate.cursor() as cursor:
+                cursor.execute(f"SET LOCAL lock_timeout = '{FENCE_LOCK_TIMEOUT}'")
+                close_gate(cursor, self.device_id)
+
+    def let_writers_go(self) -> None:
+        """Open the gate: once the fence no longer says 'fenced', its waiters read it again."""
+        if self.gate is not None:
+            gate, self.gate = self.gate, None
+            gate.close()
 
     def prepare(self) -> None:
         """Target: clear leftovers, fence row 'pending'. Source: 'copying' (no deletes)."""
@@ -255,6 +271,7 @@ class _Mover:
         )  # fmt: skip
         _crash_point("copied")
         self.catch_up()
+        self.hold_writers()
         with self.source.cursor() as cursor:
             cursor.execute(f"SET LOCAL lock_timeout = '{FENCE_LOCK_TIMEOUT}'")
             state, since = fence_state_and_since(cursor, self.device_id)
@@ -379,6 +396,7 @@ class _Mover:
             )
             stop_capture(cursor, self.device_id)
         self.source.commit()
+        self.let_writers_go()
         if self.fence_started is not None:
             stall_ms = (time.monotonic() - self.fence_started) * 1000
         else:  # resumed after a crash: the whole time since fencing, crash included
@@ -398,6 +416,7 @@ class _Mover:
             )
             stop_capture(cursor, self.device_id)
         self.source.commit()
+        self.let_writers_go()
         _advance(self.job, phase, error=error, finished_at=timezone.now())
 
 
@@ -423,26 +442,37 @@ def run_move(job: MoveJob, *, on_phase: PhaseCallback | None = None) -> MoveJob:
         job.refresh_from_db()
         with raw_connections(job.source_id, job.target_id) as (source, target):
             mover = _Mover(job, source, target, device_tables())
-            while job.phase in _STEPS:
-                try:
-                    _STEPS[job.phase](mover)
-                except Exception as exc:
-                    source.rollback()
-                    target.rollback()
-                    if job.phase not in MoveJob.UNSWITCHED:
-                        job.error = str(exc)
-                        job.save(update_fields=["error", "updated_at"])
-                        raise
-                    failed = isinstance(exc, MoveVerificationFailed)
-                    logger.warning("move %s: %s; rolling back", job.pk, exc)
-                    mover.roll_back(Phase.FAILED if failed else Phase.ROLLED_BACK, str(exc))
-                    if isinstance(exc, MoveError):
-                        raise
-                    raise MoveError(f"move {job.pk} rolled back: {exc}") from exc
-                if on_phase is not None:
-                    on_phase(job)
-                _crash_point(job.phase)
+            try:
+                _run_steps(mover, on_phase)
+            finally:
+                mover.let_writers_go()  # a job left fenced: its waiters go back to polling
     return job
+
+
+def _run_steps(mover: _Mover, on_phase: PhaseCallback | None) -> None:
+    """The job's remaining phases, each recorded; an unswitched job that fails rolls back."""
+    job = mover.job
+    if job.phase in MoveJob.HOLDING_WRITERS:  # resumed: writers queue at the gate again
+        mover.hold_writers()
+    while job.phase in _STEPS:
+        try:
+            _STEPS[job.phase](mover)
+        except Exception as exc:
+            mover.source.rollback()
+            mover.target.rollback()
+            if job.phase not in MoveJob.UNSWITCHED:
+                job.error = str(exc)
+                job.save(update_fields=["error", "updated_at"])
+                raise
+            failed = isinstance(exc, MoveVerificationFailed)
+            logger.warning("move %s: %s; rolling back", job.pk, exc)
+            mover.roll_back(Phase.FAILED if failed else Phase.ROLLED_BACK, str(exc))
+            if isinstance(exc, MoveError):
+                raise
+            raise MoveError(f"move {job.pk} rolled back: {exc}") from exc
+        if on_phase is not None:
+            on_phase(job)
+        _crash_point(job.phase)
 
 
 def move_device(
