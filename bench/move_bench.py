@@ -18,6 +18,11 @@ writer saw), beside the time the source held writers (the fenced window the
 mover records). p50/p99/max over the moved devices; every upload must succeed.
 It runs for small and big devices (10,000 and 1,000,000 readings by default),
 side by side: the stall must stay short whatever the device's size.
+
+Part 3: how late a held writer goes on. A device's fence is set to 'fenced' for
+20-100 ms while a writer waits for it; the figure is the time from the fence
+lifting to the writer's return, with the mover's gate held (what a move does:
+the writer queues on it) against no gate (a mover that died: the writer polls).
 Throw-away devices are deleted with all their rows afterwards.
 """
 
@@ -26,6 +31,7 @@ import http.client
 import io
 import json
 import os
+import random
 import statistics
 import sys
 import threading
@@ -51,10 +57,11 @@ from core import local_cluster  # noqa: E402
 from core.devices import create_device  # noqa: E402
 from routers.registry import refresh_registry  # noqa: E402
 from shards.deletion import delete_devices_now  # noqa: E402
-from shards.models import Reading  # noqa: E402
+from shards.fence import close_gate, write_for_device  # noqa: E402
+from shards.models import DeviceFence, Reading  # noqa: E402
 from shards.moves.protocol import move_device  # noqa: E402
 from shards.moves.report import rows_moved  # noqa: E402
-from shards.moves.streams import pipe_copy, raw_connections  # noqa: E402
+from shards.moves.streams import pipe_copy, raw_connection, raw_connections  # noqa: E402
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 COPY_TARGET_RATIO = 0.30
@@ -253,6 +260,47 @@ def stall_under_load(source: str, target: str, devices: int, readings: int, base
     }
 
 
+def wake_up_ms(alias: str, device_id: int, *, gate: bool, hold_ms: float) -> float:
+    """Milliseconds from a fenced device's fence lifting to its waiting writer's return."""
+    fence = DeviceFence.objects.on_shard(alias).filter(device_id=device_id)
+    returned: list[float] = []
+
+    def writer() -> None:
+        write_for_device(device_id, lambda alias: None)
+        returned.append(time.perf_counter())
+        connections.close_all()
+
+    mover = raw_connection(alias)
+    try:
+        if gate:
+            with mover.cursor() as cursor:
+                close_gate(cursor, device_id)
+        fence.update(state=DeviceFence.State.FENCED)
+        thread = threading.Thread(target=writer)
+        thread.start()
+        time.sleep(hold_ms / 1000)
+        fence.update(state=DeviceFence.State.ACTIVE)
+        lifted = time.perf_counter()
+    finally:
+        mover.close()  # opens the gate, as the mover does once the fence has lifted
+    thread.join(timeout=30)
+    return (returned[0] - lifted) * 1000
+
+
+def wake_up_figures(alias: str, trials: int) -> dict[str, list[float]]:
+    device = create_device(f"bench-wake-{uuid.uuid4().hex[:8]}", shard=alias).device
+    try:
+        return {
+            kind: [
+                wake_up_ms(alias, device.pk, gate=gate, hold_ms=random.uniform(20, 100))
+                for _ in range(trials)
+            ]
+            for kind, gate in (("at the mover's gate", True), ("polling (no gate)", False))
+        }
+    finally:
+        delete_everywhere([device.pk], [alias])
+
+
 def cluster_url() -> str:
     state = local_cluster.VAR_DIR / "cluster.json"
     if state.exists():
@@ -273,6 +321,9 @@ def main() -> int:
         "--stall-readings",
         default="10000,1000000",
         help="Readings of each moved device, one size or several comma-separated.",
+    )
+    parser.add_argument(
+        "--wake-trials", type=int, default=40, help="Held writers timed in part 3, per kind."
     )
     parser.add_argument("--source", default="shard_1")
     parser.add_argument("--target", default="shard_2")
@@ -295,6 +346,8 @@ def main() -> int:
             args.source, args.target, args.stall_devices, size, cluster_url()
         )
         print(f"stall under load with {size:,} readings done", file=sys.stderr)
+
+    wake_ups = wake_up_figures(args.source, args.wake_trials)
 
     middle = sorted(rounds, key=lambda r: r.ratio)[len(rounds) // 2]
     raw_rate = middle.rows / middle.raw_seconds
@@ -337,6 +390,17 @@ def main() -> int:
             f"| {size:,} | {percentile(observed, 0.5):.0f} / {percentile(observed, 0.99):.0f}"
             f" / {max(observed):.0f} | {percentile(fenced, 0.5):.0f} /"
             f" {percentile(fenced, 0.99):.0f} / {max(fenced):.0f} | {stall['quiet_p99_ms']:.0f} |"
+        )
+    print(
+        f"\nA held writer's return after the fence lifts ({args.wake_trials} writers each,"
+        " fenced 20-100 ms)\n"
+    )
+    print("| writer waits | p50 ms | p99 ms | max ms |")
+    print("|---|---:|---:|---:|")
+    for kind, late in wake_ups.items():
+        print(
+            f"| {kind} | {percentile(late, 0.5):.1f} | {percentile(late, 0.99):.1f} |"
+            f" {max(late):.1f} |"
         )
     ok = middle.ratio >= COPY_TARGET_RATIO and worst < STALL_TARGET_MS and failures == 0
     print(
