@@ -61,6 +61,9 @@ TARGETS = {
     "haproxy_overhead": 0.10,
     # A device read through the router and the fence (for_device) against .using().
     "router_overhead": 0.10,
+    # Writers held by a move's fence, p99, for every device size moved (bench/move_bench.py).
+    "move_stall_ms": 100,
+    "move_of_copy": 0.30,
 }
 
 
@@ -317,7 +320,7 @@ class Suite:
             r"\| raw COPY between the two servers \| [\d,]+ \| [\d.]+ \| ([\d,]+)", text
         )
         move = re.search(r"\| move_device \(copy.*?\| [\d,]+ \| [\d.]+ \| ([\d,]+) \| (\d+)%", text)
-        stall = re.search(r"writer stall p99 (\d+) ms", text)
+        stall = re.search(r"writer stall \(fenced window\) p99 (\d+) ms", text)
         failed = re.search(r"(\d+) failed uploads", text)
         return {
             "raw_copy_rows_per_s": float(raw.group(1).replace(",", "")) if raw else None,
@@ -482,6 +485,16 @@ def verdicts(results: dict) -> dict[str, tuple[str, str]]:
         lambda v: v <= 1 + TARGETS["router_overhead"],
         f"{router - 1:+.1%}" if router is not None else "",
     )  # fmt: skip
+    moves = results.get("moves", {})
+    stall = moves.get("writer_stall_p99_ms")
+    judge(
+        "a move holds writers under 100 ms (p99, every device size)", stall,
+        lambda v: v < TARGETS["move_stall_ms"], f"{stall:.0f} ms" if stall is not None else "",
+    )  # fmt: skip
+    judge(
+        "a move copies at ≥30% of raw COPY", moves.get("ratio"),
+        lambda v: v >= TARGETS["move_of_copy"], pct(moves.get("ratio")),
+    )  # fmt: skip
     dq = results.get("directory_queries", {}).get("directory_queries_per_request")
     judge("0 directory queries per steady-state upload", dq, lambda v: v == 0, f"{dq}")
     return out
@@ -571,9 +584,9 @@ def markdown(results: dict) -> str:
             f" | {pct(moves['ratio'])} | ≥30% |"
         )
         lines.append(
-            f"| 6 | writer stall p99 while devices move under load | "
-            f"{num(moves['writer_stall_p99_ms'])} ms | {moves['failed_uploads']} failed uploads"
-            " | | <500 ms |"
+            f"| 6 | writer stall (fenced window) p99, the worst of the device sizes moved"
+            f" under load | {num(moves['writer_stall_p99_ms'])} ms"
+            f" | {moves['failed_uploads']} failed uploads | | <{TARGETS['move_stall_ms']} ms |"
         )
     mem = results.get("memory", {})
     if mem.get("workers"):
