@@ -10,6 +10,7 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from io import StringIO
@@ -634,24 +635,31 @@ def test_move_device_json_reports_the_job(shards):
     assert f"move {job.pk}: device {device.pk} shard_1 -> shard_2 [released]" in human
 
 
+def move_while_writing(device_id: int, write: Callable[[], object]) -> MoveJob:
+    """Move the device to shard_2 while a thread calls `write` over and over until it returns."""
+    moving = threading.Event()
+
+    def write_while_moving() -> None:
+        while not moving.is_set():
+            write()
+
+    writer = threading.Thread(target=write_while_moving)
+    writer.start()
+    try:
+        return move_device(device_id, "shard_2")
+    finally:
+        moving.set()
+        writer.join()
+
+
 def test_rows_changed_during_the_copy_are_copied_and_checked_by_key(shards):
     """Rows written while the device is copied are logged, copied by key and checked."""
     device = make_device(shard="shard_1").device
     populate_device(device, uploads=20, per_upload=200)  # a bulk copy that takes a while
     written: list[int] = []
-    moving = threading.Event()
-
-    def write_while_moving() -> None:
-        while not moving.is_set():
-            written.append(create_command(device.pk, "during").pk)
-
-    writer = threading.Thread(target=write_while_moving)
-    writer.start()
-    try:
-        job = move_device(device.pk, "shard_2")
-    finally:
-        moving.set()
-        writer.join()
+    job = move_while_writing(
+        device.pk, lambda: written.append(create_command(device.pk, "during").pk)
+    )
 
     assert job.phase == Phase.RELEASED and job.verification["ok"] is True
     checked = [
@@ -700,19 +708,10 @@ def test_both_ways_of_carrying_changed_rows_copy_them_exactly(shards, monkeypatc
     monkeypatch.setattr(copying, "FEW_ROWS", few_rows)
     device = make_device(shard="shard_1").device
     populate_device(device, uploads=20, per_upload=200)
-    moving = threading.Event()
-
-    def write_while_moving() -> None:
-        while not moving.is_set():
-            create_command(device.pk, "during", {"nested": {"x": [1.5, None, "é"]}})
-
-    writer = threading.Thread(target=write_while_moving)
-    writer.start()
-    try:
-        job = move_device(device.pk, "shard_2")
-    finally:
-        moving.set()
-        writer.join()
+    job = move_while_writing(
+        device.pk,
+        lambda: create_command(device.pk, "during", {"nested": {"x": [1.5, None, "é"]}}),
+    )
     assert job.phase == Phase.RELEASED and job.verification["ok"] is True
     assert device_rows("shard_2", device.pk) == device_rows("shard_1", device.pk) | {
         COMMANDS: device_rows("shard_2", device.pk)[COMMANDS]  # later writes land there only

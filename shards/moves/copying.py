@@ -9,6 +9,8 @@ rows already there lands in a temporary table first and is upserted by primary k
 so any pass can run again after a crash without doubling a row.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from psycopg2 import extensions
@@ -78,6 +80,21 @@ def _merge_few(source_cursor: Any, select: str, target_cursor: Any, table: Devic
     return target_cursor.rowcount
 
 
+@contextmanager
+def _source_snapshot(source: Any, target: Any) -> Iterator[None]:
+    """The source reads in one REPEATABLE READ, READ ONLY snapshot, ended on the way out;
+    the target's transaction is the caller's to commit and is rolled back on an error."""
+    source.set_session(isolation_level=extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
+    try:
+        yield
+    except BaseException:
+        target.rollback()
+        raise
+    finally:
+        source.rollback()
+        source.set_session(isolation_level=extensions.ISOLATION_LEVEL_DEFAULT, readonly=False)
+
+
 def copy_device_rows(
     source: Any, target: Any, device_id: int, tables: list[DeviceTable]
 ) -> tuple[Copied, str, int, Checksums]:
@@ -88,10 +105,9 @@ def copy_device_rows(
     horizon on are for the change passes. The target's transaction commits only when
     every table arrived; the source's is read-only.
     """
-    source.set_session(isolation_level=extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
     copied = dict.fromkeys((table.name for table in tables), 0)
     params = {"device_id": device_id}
-    try:
+    with _source_snapshot(source, target):
         with source.cursor() as source_cursor, target.cursor() as target_cursor:
             source_cursor.execute(f"SELECT pg_current_snapshot()::text, ({HORIZON_SQL})")
             snapshot, horizon = source_cursor.fetchone()
@@ -116,12 +132,6 @@ def copy_device_rows(
                 if copied[table.name] >= ANALYZE_AFTER_ROWS:
                     target_cursor.execute(f"ANALYZE {table.name}")
         target.commit()
-    except BaseException:
-        target.rollback()
-        raise
-    finally:
-        source.rollback()
-        source.set_session(isolation_level=extensions.ISOLATION_LEVEL_DEFAULT, readonly=False)
     return copied, snapshot, horizon, source_sums
 
 
@@ -134,11 +144,10 @@ def copy_changed_rows(
     the source's hash of every row copied). The source reads in one snapshot, so the
     horizon, the rows and their hashes agree.
     """
-    source.set_session(isolation_level=extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
     params = {"device_id": device_id, "since": since}
     copied: Copied = {}
     hashes: KeyHashes = {}
-    try:
+    with _source_snapshot(source, target):
         with source.cursor() as source_cursor, target.cursor() as target_cursor:
             source_cursor.execute(HORIZON_SQL)  # the snapshot's first statement
             next_since = source_cursor.fetchone()[0]
@@ -150,12 +159,6 @@ def copy_changed_rows(
                 copied[table.name] = merge(source_cursor, select, target_cursor, table)
                 hashes[table.name] = changed_hashes(source_cursor, table, params)
         target.commit()
-    except BaseException:
-        target.rollback()
-        raise
-    finally:
-        source.rollback()
-        source.set_session(isolation_level=extensions.ISOLATION_LEVEL_DEFAULT, readonly=False)
     return copied, next_since, hashes
 
 
