@@ -49,6 +49,11 @@ DEVICES_PER_SHARD = 3
 WARM_BATCH = -1
 
 
+def _tail(output: bytes | str | None, chars: int = 4000) -> str:
+    text = output.decode(errors="replace") if isinstance(output, bytes) else output or ""
+    return text[-chars:]
+
+
 @dataclass
 class E2ECluster:
     env: dict[str, str]
@@ -78,13 +83,31 @@ class E2ECluster:
     def manage(self, *args: str, timeout: float = 600) -> str:
         """Run `manage.py ARGS` against this cluster, as its operator would; fail with output."""
         env = {**self.env, "DJANGO_SETTINGS_MODULE": "core.settings"}
-        proc = subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=local_cluster.REPO_ROOT, env=env, capture_output=True, text=True,
-            timeout=timeout, check=False,
-        )  # fmt: skip
+        try:
+            proc = subprocess.run(
+                [sys.executable, "manage.py", *args],
+                cwd=local_cluster.REPO_ROOT, env=env, capture_output=True, text=True,
+                timeout=timeout, check=False,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired as exc:
+            raise AssertionError(
+                f"manage.py {args} still ran after {timeout:g} s:\n{_tail(exc.stdout)}\n"
+                f"{_tail(exc.stderr)}\n{self._state_of_runs(env)}"
+            ) from None
         assert proc.returncode == 0, f"manage.py {args} failed:\n{proc.stdout}\n{proc.stderr}"
         return proc.stdout
+
+    def _state_of_runs(self, env: dict[str, str]) -> str:
+        """What a hung rebalance or move was doing: the runs' and the jobs' own records."""
+        shown = []
+        for args in (("rebalance", "--status"), ("move_device", "--list")):
+            proc = subprocess.run(
+                [sys.executable, "manage.py", *args],
+                cwd=local_cluster.REPO_ROOT, env=env, capture_output=True, text=True,
+                timeout=60, check=False,
+            )  # fmt: skip
+            shown.append(f"$ manage.py {' '.join(args)}\n{proc.stdout}{proc.stderr}")
+        return "\n".join(shown)
 
     def pids(self, marker: str) -> list[int]:
         return pids_with_marker(marker)
