@@ -394,3 +394,36 @@ def test_worker_killed_mid_backlog_loses_and_doubles_nothing(shards, celery_work
             seconds(last_start, last_start + times_per_upload), metrics=metrics, base=last_start
         )
         assert latest_values(device.pk) == newest_per_metric(newest)
+
+
+def sessions_opened(alias: str) -> int:
+    """Sessions ever opened to the shard's database (PostgreSQL's own count)."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+        return cursor.fetchone()[0]
+
+
+def test_the_worker_keeps_its_shard_connections_between_imports(shards, celery_worker):
+    """An import is a few milliseconds of SQL; opening a connection for each cost more
+    than the import (Celery's Django fixup closes every connection after each task)."""
+    device = make_device(shard="shard_1").device
+    stage_upload(device.pk, "warm-up", readings_at(seconds(0, 1)))  # both pool processes
+    stage_upload(device.pk, "warm-up-2", readings_at(seconds(1, 2)))  # connect once
+    wait_until(
+        lambda: not Upload.objects.for_device(device).filter(status="staged").exists(),
+        what="the warm-up imports",
+    )
+    time.sleep(1.5)  # PostgreSQL counts a session at most a second after it opens
+    before = sessions_opened("shard_1")
+
+    uploads = [
+        stage_upload(device.pk, f"batch-{n}", readings_at(seconds(10 + n, 11 + n))).upload
+        for n in range(20)
+    ]
+    for upload in uploads:
+        wait_until_imported(device.pk, upload.pk)
+    time.sleep(1.5)
+
+    # This test process opens none; the worker may open one per pool process at most.
+    assert sessions_opened("shard_1") - before <= 2
