@@ -78,7 +78,7 @@ def upload_batch(request: HttpRequest, payload: UploadIn):
     """
     readings = [reading.model_dump() for reading in payload.readings]
     staged = stage_upload(request.device_id, payload.batch_id, readings)
-    commands = deliver_pending(request.device_id)
+    commands = deliver_pending(request.device_id, any_open=staged.commands_open)
     return Status(
         202,
         {"upload_id": staged.upload.pk, "status": staged.upload.status, "commands": commands},

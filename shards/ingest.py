@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from core.celery import app as celery_app
 from routers.errors import UnknownDevice
 from shards.analysis.buckets import BUCKET_ORIGIN
+from shards.commands import HAS_OPEN_SQL
 from shards.fence import held_devices, write_for_device
 from shards.models import DeviceStatus, LatestValue, Reading, RollupPending, Upload
 
@@ -107,6 +108,8 @@ class StagedUpload:
     upload: Upload
     created: bool
     alias: str
+    # Whether the device had commands open, read in the staging transaction (None: not read).
+    commands_open: bool | None = None
 
 
 def _utc_iso(ts: datetime) -> str:
@@ -162,15 +165,15 @@ def stage_upload(device_id: int, batch_id: str, readings: list[dict[str, Any]]) 
                     (device_id, batch_id, status, payload, reading_count, error, received_at)
                 VALUES (%s, %s, %s, %s::jsonb, %s, '', now())
                 ON CONFLICT (device_id, batch_id) DO NOTHING
-                RETURNING id, received_at
+                RETURNING id, received_at, {HAS_OPEN_SQL}
                 """,
-                [device_id, batch_id, Upload.Status.STAGED, payload_json, len(payload)],
+                [device_id, batch_id, Upload.Status.STAGED, payload_json, len(payload), device_id],
             )
             inserted = cursor.fetchone()
         if inserted is None:
             original = Upload.objects.on_shard(alias).get(device_id=device_id, batch_id=batch_id)
             return StagedUpload(upload=original, created=False, alias=alias)
-        upload_id, received_at = inserted
+        upload_id, received_at, commands_open = inserted
         upload = Upload(
             id=upload_id,
             device_id=device_id,
@@ -185,7 +188,7 @@ def stage_upload(device_id: int, batch_id: str, readings: list[dict[str, Any]]) 
         upload._state.db = alias
         # robust: nothing after the commit may turn a stored upload into an error reply.
         transaction.on_commit(lambda: queue_import(device_id, upload_id), using=alias, robust=True)
-        return StagedUpload(upload=upload, created=True, alias=alias)
+        return StagedUpload(upload=upload, created=True, alias=alias, commands_open=commands_open)
 
     return write_for_device(device_id, write)
 

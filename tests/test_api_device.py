@@ -292,6 +292,29 @@ def test_steady_state_upload_makes_zero_directory_queries(client, shards):
     assert log.aliases() == {"shard_2"}
 
 
+def test_an_upload_asks_for_waiting_commands_in_its_own_statement(client, shards):
+    """Most uploads find no command waiting: learning that costs no statement of its own."""
+    new = make_device(shard="shard_2")
+
+    def upload(batch: str):
+        body = {"batch_id": batch, "readings": [reading()]}
+        return post_json(client, "/api/v1/device/uploads", body, **bearer(new.token))
+
+    upload("warm")
+    with queries_by_alias() as log:
+        answer = upload("quiet")
+    assert answer.status_code == 202 and answer.json()["commands"] == []
+    # The fence's lock, then the upload's INSERT (which also asks for open commands).
+    assert len(log["shard_2"]) == 2, log["shard_2"]
+
+    command = create_command(new.device.pk, "reboot")
+    answer = upload("busy")
+    assert [c["id"] for c in answer.json()["commands"]] == [command.pk]
+    assert Command.objects.for_device(new.device).get(pk=command.pk).status == "sent"
+    retried = upload("busy")  # the same batch again: already staged, commands asked anew
+    assert retried.json()["upload_id"] == answer.json()["upload_id"]
+
+
 def test_nul_characters_are_400_not_500(client, shards, fleet_key):
     new = make_device()
     answer = post_json(
