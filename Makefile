@@ -58,7 +58,7 @@ bench-rebalance: up
 	$(PYTHON) bench/rebalance_bench.py $(REBALANCE_BENCH_ARGS)
 
 # One Locust scenario against the local cluster through HAProxy, verified afterwards
-# (loadtest/README.md). SCENARIO=swarm|web|mix; reports under var/loadtest/.
+# (loadtest/README.md). SCENARIO=swarm|web|mix|ceiling; reports under var/loadtest/.
 SCENARIO ?= swarm
 USERS ?= 20
 RUN_TIME ?= 60s

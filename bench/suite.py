@@ -7,6 +7,8 @@ Against the running local cluster (var/cluster.json), in this order:
 
 1. uploads through HAProxy at a fixed concurrency (devices sending back to back) for
    batches of 1, 100 and 1000 readings: uploads/s in the steady window, p50/p95/p99;
+   and the ceiling: an empty Django view (`GET /healthz`, no database) at the same
+   concurrency through the same HAProxy and nodes, that uploads are set against;
 2. end-to-end ingest of the 1000-reading run: readings from the first upload received
    to the last one imported, per second, against a raw COPY of as many readings into
    the same shards (split as the devices were, one COPY per shard in parallel);
@@ -64,6 +66,8 @@ TARGETS = {
     # Writers held by a move's fence, p99, for every device size moved (bench/move_bench.py).
     "move_stall_ms": 100,
     "move_of_copy": 0.30,
+    # Uploads of 100 readings a second against the empty view's requests a second.
+    "uploads_of_empty_view": 0.33,
 }
 
 
@@ -175,6 +179,28 @@ class Suite:
             f"  {figures['uploads_per_s']:.0f} uploads/s, p50 {figures['p50_ms']:.0f} ms,"
             f" p99 {figures['p99_ms']:.0f} ms; verified: {summary['ok']}"
         )
+        return figures
+
+    def ceiling_figures(self) -> dict:
+        """The empty view, flat out at the same concurrency through the same HAProxy."""
+        users, seconds = self.args.concurrency, self.args.duration
+        out_dir = self.out / "empty_view"
+        self.log(f"load empty_view: {users} clients, GET /healthz, {seconds}s")
+        with CpuMeter() as cpu:
+            result = run_locust(
+                "ceiling", users, f"{seconds}s", out_dir, cluster_json=self.cluster_json
+            )
+        row = result.row("empty view")
+        figures = {
+            "requests_per_s": steady_rps(out_dir, "empty view"),
+            "p50_ms": row["p50_ms"],
+            "p99_ms": row["p99_ms"],
+            "requests": row["requests"],
+            "failed_requests": row["failures"],
+            "locust_cpu_share_of_one_core": round(result.cpu_share, 3),
+            "machine_cpu_busy_of_all_cores": round(cpu.busy / cpu.seconds / os.cpu_count(), 3),
+        }
+        self.log(f"  {figures['requests_per_s']:.0f} requests/s, p99 {figures['p99_ms']:.0f} ms")
         return figures
 
     # 2. end to end against raw COPY ------------------------------------------------
@@ -400,6 +426,7 @@ class Suite:
             self.step(
                 f"uploads_{batch}", self.runs, lambda b=batch: self.load(f"uploads_{b}", b, c)
             )
+        self.step("empty_view", results, self.ceiling_figures)
         self.step("haproxy", results, self.haproxy_figures)
         self.step("uploads_1000", self.runs, lambda: self.load("uploads_1000", 1000, c))
         self.step("ingest", results, lambda: self.ingest_figures("uploads_1000"))
@@ -470,6 +497,13 @@ def verdicts(results: dict) -> dict[str, tuple[str, str]]:
             "batches of 100: p99 under 200 ms", run["p99_ms"],
             lambda v: v < TARGETS["p99_ms_batch_100"], f"{run['p99_ms']:.0f} ms",
         )  # fmt: skip
+    ceiling = results.get("empty_view", {}).get("requests_per_s")
+    if "uploads_per_s" in run and ceiling:
+        share = run["uploads_per_s"] / ceiling
+        judge(
+            "batches of 100: ≥33% of the empty view's requests/s", share,
+            lambda v: v >= TARGETS["uploads_of_empty_view"], pct(share),
+        )  # fmt: skip
     ratio = results.get("ingest", {}).get("ratio")
     judge("end-to-end ingest ≥30% of raw COPY", ratio,
           lambda v: v >= TARGETS["ingest_of_copy"], pct(ratio))  # fmt: skip
@@ -526,6 +560,23 @@ def markdown(results: dict) -> str:
             f" {run['p50_ms']:.0f}/{run['p95_ms']:.0f}/{run['p99_ms']:.0f} ms;"
             f" {run['failed_uploads']} of {run['uploads']} attempts failed | | | {target} |"
         )
+    ceiling = results.get("empty_view", {})
+    if ceiling.get("requests_per_s"):
+        lines.append(
+            f"| 1 | empty Django view (`GET /healthz`) via HAProxy,"
+            f" {results['config']['concurrency']} clients | {ceiling['requests_per_s']:,.0f}/s;"
+            f" p50/p99 {ceiling['p50_ms']:.0f}/{ceiling['p99_ms']:.0f} ms;"
+            f" {ceiling['failed_requests']} failed | | | the ceiling |"
+        )
+        for batch in (1, 100, 1000):
+            run = runs.get(f"uploads_{batch}", {})
+            if "uploads_per_s" in run:
+                target = "≥33%" if batch == 100 else ""
+                lines.append(
+                    f"| 1 | uploads of {batch} against the empty view |"
+                    f" {run['uploads_per_s']:,.0f}/s | {ceiling['requests_per_s']:,.0f}/s |"
+                    f" {pct(run['uploads_per_s'] / ceiling['requests_per_s'])} | {target} |"
+                )
     ingest = results.get("ingest", {})
     if "ratio" in ingest:
         lines.append(

@@ -6,6 +6,7 @@ key, logins) from the cluster's var/cluster.json. It imports no project code.
     locust -f loadtest/locustfile.py DeviceUser            # the device swarm
     locust -f loadtest/locustfile.py WebUser               # web users
     locust -f loadtest/locustfile.py DeviceUser WebUser    # the mix (weights 10:1)
+    locust -f loadtest/locustfile.py EmptyViewUser         # the empty-view ceiling
 
 Knobs (environment variables, so `make` targets and tests can set them):
 
@@ -161,6 +162,19 @@ class DeviceUser(FastHttpUser):
             headers=self.headers,
             name="command result",
         )
+
+
+class EmptyViewUser(FastHttpUser):
+    """The ceiling: `GET /healthz` back to back, a Django view that touches no database,
+    through the same HAProxy and uWSGI nodes as the devices (`make bench` sets uploads
+    against it)."""
+
+    host = TARGETS[0]
+    wait_time = constant(0)
+
+    @task
+    def healthz(self) -> None:
+        self.client.get("/healthz", name="empty view")
 
 
 class WebUser(FastHttpUser):

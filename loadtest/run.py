@@ -29,7 +29,12 @@ from verify import Ledger, verify
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
-SCENARIOS = {"swarm": ["DeviceUser"], "web": ["WebUser"], "mix": ["DeviceUser", "WebUser"]}
+SCENARIOS = {
+    "swarm": ["DeviceUser"],
+    "web": ["WebUser"],
+    "mix": ["DeviceUser", "WebUser"],
+    "ceiling": ["EmptyViewUser"],
+}
 
 
 @dataclass
