@@ -135,6 +135,11 @@ def ensure_shard_connection(alias: str) -> None:
         raise UnknownShard(f"shard {alias!r} is not registered (or is retired)")
 
 
-def serving_shards() -> list[str]:
-    """Shards that hold data (active or draining): the targets of cross-shard reads."""
-    return sorted(alias for alias, info in refresh_registry().items() if info.holds_data)
+def serving_shards(*, fresh: bool = False) -> list[str]:
+    """Shards that hold data (active or draining): the targets of cross-shard reads.
+
+    `fresh` reads the registry now: for work that must not miss a shard another process
+    added within SHARD_REGISTRY_TTL (a deletion that says it is finished).
+    """
+    registry = refresh_registry(force=fresh)
+    return sorted(alias for alias, info in registry.items() if info.holds_data)

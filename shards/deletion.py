@@ -20,6 +20,7 @@ from core.celery import app as celery_app
 from core.models import Device, DeviceDeletion
 from routers.fanout import fan_out
 from routers.placement import invalidate_placement
+from routers.registry import serving_shards
 from shards.fence import FENCE_TABLE, fence_state, remove_fence
 from shards.moves.copying import delete_device_rows
 from shards.moves.tables import device_tables
@@ -41,8 +42,13 @@ def purge_on_shard(alias: str, device_id: int) -> dict[str, int]:
 
 def purge_deleted_device(deletion: DeviceDeletion) -> bool:
     """Remove the device's rows from every shard; True once no shard holds any."""
+    # The registry as it is now: a shard added by another process within this process's
+    # SHARD_REGISTRY_TTL may hold the device's rows (a move onto it), and a deletion
+    # marked finished is never looked at again.
     results = fan_out(
-        lambda alias: purge_on_shard(alias, deletion.device_id), return_exceptions=True
+        lambda alias: purge_on_shard(alias, deletion.device_id),
+        serving_shards(fresh=True),
+        return_exceptions=True,
     )
     failed = {alias: r for alias, r in results.items() if isinstance(r, BaseException)}
     removed = {alias: r for alias, r in results.items() if not isinstance(r, BaseException) and r}

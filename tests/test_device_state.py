@@ -12,7 +12,7 @@ from django.db import transaction
 
 from core.credentials import device_id_for_token, issue_token
 from core.models import Device, DeviceCredential, MoveJob, Shard
-from routers.registry import unregister_shard_connection
+from routers.registry import refresh_registry, unregister_shard_connection
 from shards.moves.protocol import move_device, start_move
 from tests.admin_forms import admin_form_data
 from tests.factories import make_device
@@ -177,6 +177,25 @@ def test_a_deletion_left_by_a_dead_shard_is_finished_later(shards, dead_shard):
         timeout=15,
     )
     assert DeviceDeletion.objects.get(pk=deletion.pk).error == ""
+
+
+def test_a_deletion_is_not_finished_while_a_shard_added_elsewhere_is_unreached(shards):
+    """Another process registered a shard this one has not re-read the registry for yet:
+    the purge must still count it (here it cannot be reached, so nothing is finished)."""
+    from core.models import DeviceDeletion
+    from shards.deletion import purge_pending_deletions
+
+    refresh_registry(force=True)  # this process's copy, from before the new shard
+    device = make_device(shard="shard_2").device
+    device_id = device.pk
+    Shard.objects.create(alias="shard_new", number=98, host="127.0.0.1", port=1, db_name="x")
+    try:
+        device.delete()
+        assert purge_pending_deletions() == 0
+        deletion = DeviceDeletion.objects.get(device_id=device_id)
+        assert deletion.finished_at is None and "shard_new" in deletion.error
+    finally:
+        unregister_shard_connection("shard_new")
 
 
 def test_a_device_with_a_move_in_flight_cannot_be_deleted(root_client):
