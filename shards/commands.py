@@ -16,6 +16,7 @@ from routers.errors import FanOutError
 from routers.fanout import fan_out
 from shards.fence import write_for_device
 from shards.models import Command
+from shards.sql import literal_list
 
 S = Command.Status
 OPEN = (S.QUEUED, S.SENT, S.ACKNOWLEDGED)
@@ -24,7 +25,7 @@ OPEN = (S.QUEUED, S.SENT, S.ACKNOWLEDGED)
 # no second statement to learn there is nothing to deliver.
 HAS_OPEN_SQL = (
     f"EXISTS (SELECT 1 FROM {Command._meta.db_table} WHERE device_id = %s"
-    f" AND status IN ({', '.join(repr(str(status)) for status in OPEN)}))"
+    f" AND status IN ({literal_list(OPEN)}))"
 )
 FINAL = (S.SUCCEEDED, S.FAILED, S.EXPIRED, S.CANCELLED)
 REPORTABLE = (S.ACKNOWLEDGED, S.SUCCEEDED, S.FAILED)

@@ -26,6 +26,7 @@ from django.db.models import QuerySet
 from routers.errors import UnknownShard
 from routers.placement import device_id_of, invalidate_placement, shard_for_device
 from shards.models import DeviceFence
+from shards.sql import literal_list
 
 T = TypeVar("T")
 
@@ -215,7 +216,7 @@ def write_for_device(device: object, write: Callable[[str], T], *, deleting: boo
 
 SERVED_SQL = (
     f"EXISTS (SELECT 1 FROM {FENCE_TABLE} served WHERE served.device_id = %s"
-    f" AND served.state IN ({', '.join(repr(str(state)) for state in DeviceFence.SERVING)}))"
+    f" AND served.state IN ({literal_list(DeviceFence.SERVING)}))"
 )
 
 
@@ -276,8 +277,7 @@ def open_fence(device_id: int, alias: str, *, epoch: int = 1) -> None:
 # The devices this shard holds as their owner (a move's fence included; a moved device's
 # leftovers awaiting cleanup not), as a subquery other statements embed.
 HELD_DEVICES_SQL = (
-    f"SELECT device_id FROM {FENCE_TABLE}"
-    f" WHERE state IN ({', '.join(repr(str(state)) for state in DeviceFence.HELD)})"
+    f"SELECT device_id FROM {FENCE_TABLE} WHERE state IN ({literal_list(DeviceFence.HELD)})"
 )
 
 
