@@ -1,4 +1,5 @@
-"""The Celery worker (imports uploads) and Celery beat (the sweeper), detached, under var/.
+"""The Celery worker (imports uploads) and Celery beat (import kicks and the periodic tasks),
+detached, under var/.
 
 Both are started with `celery --detach` and write their own pid files. The absolute pid
 file path is on each process's command line (prefork children included), which is how

@@ -173,16 +173,22 @@ CELERY_DB_REUSE_MAX = 10**9
 CELERY_TASK_DEFAULT_QUEUE = "fleet"
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# Staged uploads older than this are queued again by the sweeper (the broker lost them).
-UPLOAD_SWEEP_AFTER_SECONDS = int(os.environ.get("UPLOAD_SWEEP_AFTER_SECONDS", "60"))
+# How often beat kicks an import of every shard: the longest an upload whose kick was
+# lost (Redis down at staging, a move copied it) waits for its import.
+IMPORT_KICK_SECONDS = float(os.environ.get("IMPORT_KICK_SECONDS", "5"))
+# Staged uploads one import transaction claims (docs/benchmarks.md: larger claims gain
+# little past this), and how long one import task works a shard before it queues its
+# successor, so that other shards' imports get their turn on a busy worker.
+IMPORT_BATCH_UPLOADS = int(os.environ.get("IMPORT_BATCH_UPLOADS", "200"))
+IMPORT_BUDGET_SECONDS = float(os.environ.get("IMPORT_BUDGET_SECONDS", "5"))
 # How often beat queues an analysis run of every shard (shards.analysis.run).
 ANALYSIS_INTERVAL_SECONDS = float(os.environ.get("ANALYSIS_INTERVAL_SECONDS", "30"))
-# celery beat: queue lost imports again; a sweep not started within its period is dropped.
+# celery beat: kick lost imports; a tick not started within its period is dropped.
 CELERY_BEAT_SCHEDULE = {
-    "sweep-staged-uploads": {
-        "task": "shards.tasks.sweep_staged_uploads",
-        "schedule": 30.0,
-        "options": {"expires": 30},
+    "kick-all-imports": {
+        "task": "shards.tasks.kick_all_imports",
+        "schedule": IMPORT_KICK_SECONDS,
+        "options": {"expires": IMPORT_KICK_SECONDS},
     },
     "clean-up-moved-devices": {
         "task": "shards.tasks.clean_up_moved_devices",

@@ -279,6 +279,11 @@ def open_fence(device_id: int, alias: str, *, epoch: int = 1) -> None:
 HELD_DEVICES_SQL = (
     f"SELECT device_id FROM {FENCE_TABLE} WHERE state IN ({literal_list(DeviceFence.HELD)})"
 )
+# The devices this shard serves writes for right now (not one a mover holds fenced), as a
+# subquery: work on many devices claims only these, then locks their fences.
+SERVED_DEVICES_SQL = (
+    f"SELECT device_id FROM {FENCE_TABLE} WHERE state IN ({literal_list(DeviceFence.SERVING)})"
+)
 
 
 def held_device_ids(cursor: Any) -> list[int]:

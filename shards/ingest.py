@@ -1,30 +1,29 @@
 """Ingest: stage a device's batch durably, then import it into readings in the background.
 
 Staging is what the device waits for, so it is one INSERT on the device's shard
-and nothing else; the import (readings, latest values, device status) runs in a
-Celery task queued only after the staging transaction commits. The import is
-idempotent and at-least-once: a duplicate task finds the upload already
-imported, a re-delivered one after a crash finds it still staged, and readings
-are unique per (device, metric, ts). Staged uploads whose task was lost (broker
-down, worker killed) are queued again by the sweeper.
+and nothing else. Its commit kicks an import of the shard (shards.import_queue):
+a task that claims the shard's staged uploads many at a time and imports each
+claim in one statement and one transaction (readings, latest values, device
+status). The import is idempotent and at-least-once: a claim that dies with its
+worker is rolled back and claimed again, an upload imported before is left as
+it is, and readings are unique per (device, metric, ts).
 """
 
 import json
 import logging
+import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db import DataError, IntegrityError, connections, transaction
-from django.utils import timezone
-from kombu.exceptions import OperationalError as BrokerError
-from redis.exceptions import RedisError
 
-from core.celery import app as celery_app
 from routers.errors import UnknownDevice
+from routers.registry import ensure_shard_connection
 from shards.analysis.buckets import BUCKET_ORIGIN
 from shards.commands import HAS_OPEN_SQL
-from shards.fence import held_devices, write_for_device
+from shards.fence import SERVED_DEVICES_SQL, lock_owned_devices, write_for_device
+from shards.import_queue import kick_import
 from shards.models import DeviceStatus, LatestValue, Reading, RollupPending, Upload
 
 logger = logging.getLogger(__name__)
@@ -35,69 +34,80 @@ LATEST_TABLE = LatestValue._meta.db_table
 STATUS_TABLE = DeviceStatus._meta.db_table
 PENDING_TABLE = RollupPending._meta.db_table
 
-# Most uploads one sweep queues again per shard: a long backlog is worked off in
-# later sweeps instead of flooding the broker with duplicates all at once.
-SWEEP_LIMIT = 1000
-
-IMPORT_TASK = "shards.tasks.import_upload"
-# A broker outage must cost the device request a fraction of a second, not seconds:
-# the upload is already durable and the sweeper queues it later.
-PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.1}
-
-# The whole import in one statement inside the shard: the payload is parsed once
-# (MATERIALIZED) and never shipped to Python and back. A payload PostgreSQL cannot
-# cast raises DataError/IntegrityError, which marks the upload failed.
-# readings: ORDER BY makes concurrent imports of one device take index locks in the
-# same order (they wait instead of deadlocking), and the first of two readings with
-# the same (metric, ts) in a batch wins, as does one stored by an earlier batch; how
-# many were stored goes on the upload (the receipt's `stored` and `duplicates`).
-# latest picks that same reading.
-# latest: only a newer reading replaces the stored one; a late, older batch leaves it.
+# The import of many staged uploads in one statement inside the shard: the payloads
+# are parsed once (MATERIALIZED) and never shipped to Python and back. A payload
+# PostgreSQL cannot cast raises DataError/IntegrityError; the caller then imports the
+# uploads one by one to mark only the bad one failed.
+# firsts: of two readings with the same (device, metric, ts) the one staged first wins
+# (the earlier upload, then the earlier position in it), as does one stored before.
+# readings: ORDER BY makes concurrent imports take index locks in the same order (they
+# wait instead of deadlocking); how many each upload stored goes on the upload (the
+# receipt's `stored` and `duplicates`). latest picks the newest reading per metric; only
+# a newer one replaces the stored value, so a late, older batch leaves it.
 # pending: the minutes the batch touches, for the rollup step. DO UPDATE (not DO
 # NOTHING) so this transaction holds each mark locked until it commits: the rollup
 # step skips locked marks, so it never recomputes a minute before these readings
 # are visible and then deletes the mark that stood for them.
-IMPORT_UPLOAD = f"""
-    WITH batch AS MATERIALIZED (
-        SELECT r.metric, r.ts, r.value, r.position
+IMPORT_UPLOADS = f"""
+    WITH claimed AS (
+        SELECT id, device_id FROM {UPLOAD_TABLE} WHERE id = ANY(%(upload_ids)s)
+    ), batch AS MATERIALIZED (
+        SELECT u.id AS upload_id, u.device_id, r.metric, r.ts, r.value, r.position
         FROM {UPLOAD_TABLE} u,
              ROWS FROM (
                  jsonb_to_recordset(u.payload)
                      AS (ts timestamptz, metric varchar(64), value double precision)
              ) WITH ORDINALITY AS r(ts, metric, value, position)
-        WHERE u.id = %(upload_id)s
+        WHERE u.id = ANY(%(upload_ids)s)
+    ), firsts AS (
+        SELECT DISTINCT ON (device_id, metric, ts) upload_id, device_id, metric, ts, value
+        FROM batch
+        ORDER BY device_id, metric, ts, upload_id, position
     ), readings AS (
         INSERT INTO {READING_TABLE} (device_id, metric, ts, value)
-        SELECT %(device_id)s, metric, ts, value FROM batch
-        ORDER BY metric, ts, position
+        SELECT device_id, metric, ts, value FROM firsts
+        ORDER BY device_id, metric, ts
         ON CONFLICT (device_id, metric, ts) DO NOTHING
-        RETURNING 1
+        RETURNING device_id, metric, ts
+    ), stored AS (
+        SELECT firsts.upload_id, count(*) AS readings
+        FROM readings JOIN firsts USING (device_id, metric, ts)
+        GROUP BY firsts.upload_id
     ), latest AS (
         INSERT INTO {LATEST_TABLE} (device_id, metric, ts, value, updated_at)
-        SELECT DISTINCT ON (metric) %(device_id)s, metric, ts, value, now() FROM batch
-        ORDER BY metric, ts DESC, position
+        SELECT DISTINCT ON (device_id, metric) device_id, metric, ts, value, now() FROM batch
+        ORDER BY device_id, metric, ts DESC, upload_id, position
         ON CONFLICT (device_id, metric) DO UPDATE
             SET ts = excluded.ts, value = excluded.value, updated_at = excluded.updated_at
             WHERE excluded.ts > {LATEST_TABLE}.ts
     ), pending AS (
         INSERT INTO {PENDING_TABLE} (device_id, metric, minute, marked_at)
-        SELECT DISTINCT %(device_id)s::bigint, metric,
-               date_bin('1 minute', ts, %(origin)s), now()
+        SELECT DISTINCT device_id, metric, date_bin('1 minute', ts, %(origin)s), now()
         FROM batch
-        ORDER BY 2, 3
+        ORDER BY 1, 2, 3
         ON CONFLICT (device_id, metric, minute) DO UPDATE SET marked_at = excluded.marked_at
     ), status AS (
         INSERT INTO {STATUS_TABLE} (device_id, last_seen_at, last_upload_id, updated_at)
-        VALUES (%(device_id)s, now(), %(upload_id)s, now())
+        SELECT device_id, now(), max(id), now() FROM claimed
+        GROUP BY device_id
+        ORDER BY device_id
         ON CONFLICT (device_id) DO UPDATE
             SET last_seen_at = greatest({STATUS_TABLE}.last_seen_at, excluded.last_seen_at),
                 last_upload_id = excluded.last_upload_id,
                 updated_at = excluded.updated_at
     )
-    UPDATE {UPLOAD_TABLE}
+    UPDATE {UPLOAD_TABLE} u
     SET status = %(imported)s, error = '', imported_at = now(),
-        stored_count = (SELECT count(*) FROM readings)
-    WHERE id = %(upload_id)s
+        stored_count = coalesce(stored.readings, 0)
+    FROM claimed LEFT JOIN stored ON stored.upload_id = claimed.id
+    WHERE u.id = claimed.id
+"""
+
+# An upload's row as the import checks it before parsing: the payload's JSON kind and
+# length next to the count the device declared.
+CHECKED_COLUMNS = """
+    id, device_id, status, reading_count, jsonb_typeof(payload),
+    CASE WHEN jsonb_typeof(payload) = 'array' THEN jsonb_array_length(payload) END
 """
 
 
@@ -124,26 +134,6 @@ def payload_of(readings: list[dict[str, Any]]) -> list[dict[str, Any]]:
         {"ts": _utc_iso(r["ts"]), "metric": r["metric"], "value": float(r["value"])}
         for r in readings
     ]
-
-
-def queue_import(device_id: int, upload_id: int) -> bool:
-    """Queue the import task; a broker outage is logged, not raised (the sweeper retries).
-
-    Sent by name: shards.tasks calls into this module, never the other way round.
-    """
-    try:
-        celery_app.send_task(
-            IMPORT_TASK, args=(device_id, upload_id), retry_policy=PUBLISH_RETRY_POLICY
-        )
-    except (BrokerError, RedisError, OSError) as exc:
-        logger.warning(
-            "could not queue import of upload %s (device %s); the sweeper will: %s",
-            upload_id,
-            device_id,
-            exc,
-        )
-        return False
-    return True
 
 
 def stage_upload(device_id: int, batch_id: str, readings: list[dict[str, Any]]) -> StagedUpload:
@@ -187,7 +177,7 @@ def stage_upload(device_id: int, batch_id: str, readings: list[dict[str, Any]]) 
         upload._state.adding = False
         upload._state.db = alias
         # robust: nothing after the commit may turn a stored upload into an error reply.
-        transaction.on_commit(lambda: queue_import(device_id, upload_id), using=alias, robust=True)
+        transaction.on_commit(lambda: kick_import(alias), using=alias, robust=True)
         return StagedUpload(upload=upload, created=True, alias=alias, commands_open=commands_open)
 
     return write_for_device(device_id, write)
@@ -202,56 +192,87 @@ def _shape_problem(kind: str, length: int | None, reading_count: int) -> str | N
     return None
 
 
+@dataclass(frozen=True)
+class CheckedUpload:
+    """An upload row as read (and locked) for its import, with what is wrong with its shape."""
+
+    id: int
+    device_id: int
+    status: str
+    problem: str | None
+
+    @classmethod
+    def of_row(cls, row: tuple) -> "CheckedUpload":
+        upload_id, device_id, status, reading_count, kind, length = row
+        return cls(upload_id, device_id, status, _shape_problem(kind, length, reading_count))
+
+
+def _mark_failed(cursor: Any, upload: CheckedUpload, problem: str) -> str:
+    logger.warning("upload %s of device %s failed: %s", upload.id, upload.device_id, problem)
+    cursor.execute(
+        f"UPDATE {UPLOAD_TABLE} SET status = %s, error = %s WHERE id = %s",
+        [Upload.Status.FAILED, f"payload cannot be imported: {problem}", upload.id],
+    )
+    return Upload.Status.FAILED
+
+
+def _import_locked(alias: str, cursor: Any, uploads: list[CheckedUpload]) -> dict[int, str]:
+    """Import these uploads, whose rows the caller's transaction holds; each one's final status.
+
+    Uploads imported (or failed) before are left as they are: a second import
+    changes nothing. All good ones go in one statement; if PostgreSQL cannot cast
+    a value in one of them, each is tried alone so that only the bad one fails.
+    """
+    statuses = {u.id: u.status for u in uploads if u.status != Upload.Status.STAGED}
+    staged = [u for u in uploads if u.status == Upload.Status.STAGED]
+    for upload in staged:
+        if upload.problem is not None:
+            statuses[upload.id] = _mark_failed(cursor, upload, upload.problem)
+    good = [u for u in staged if u.problem is None]
+    if not good:
+        return statuses
+    # Not waiting for the WAL flush is safe here: a crash that loses this commit loses
+    # the 'imported' marks with it, and the uploads are imported again.
+    cursor.execute("SET LOCAL synchronous_commit = off")
+    params = {
+        "upload_ids": [u.id for u in good],
+        "imported": Upload.Status.IMPORTED.value,
+        "origin": BUCKET_ORIGIN,
+    }
+    try:
+        with transaction.atomic(using=alias):  # a savepoint: a bad cast undoes only this
+            cursor.execute(IMPORT_UPLOADS, params)
+    except (DataError, IntegrityError) as exc:
+        if len(good) > 1:
+            for upload in good:
+                statuses.update(_import_locked(alias, cursor, [upload]))
+        else:
+            statuses[good[0].id] = _mark_failed(cursor, good[0], str(exc).strip().splitlines()[0])
+    else:
+        statuses.update((u.id, Upload.Status.IMPORTED) for u in good)
+    return statuses
+
+
 def _import_on_shard(alias: str, device_id: int, upload_id: int) -> str:
     with connections[alias].cursor() as cursor:
         cursor.execute(
-            f"""
-            SELECT status, reading_count, jsonb_typeof(payload),
-                   CASE WHEN jsonb_typeof(payload) = 'array' THEN jsonb_array_length(payload) END
-            FROM {UPLOAD_TABLE} WHERE id = %s AND device_id = %s
-            FOR UPDATE
-            """,
+            f"SELECT {CHECKED_COLUMNS} FROM {UPLOAD_TABLE} WHERE id = %s AND device_id = %s"
+            " FOR UPDATE",
             [upload_id, device_id],
         )
         row = cursor.fetchone()
         if row is None:
             logger.warning("upload %s of device %s not found on %s", upload_id, device_id, alias)
             return "missing"
-        status, reading_count, kind, length = row
-        if status != Upload.Status.STAGED:
-            return status  # imported (or failed) before: a duplicate task changes nothing
-        problem = _shape_problem(kind, length, reading_count)
-        if problem is None:
-            params = {
-                "upload_id": upload_id,
-                "device_id": device_id,
-                "imported": Upload.Status.IMPORTED.value,
-                "origin": BUCKET_ORIGIN,
-            }
-            # Not waiting for the WAL flush is safe here: a crash that loses this commit
-            # loses the 'imported' mark with it, and the sweeper imports the upload again.
-            cursor.execute("SET LOCAL synchronous_commit = off")
-            try:
-                with transaction.atomic(using=alias):  # a savepoint: a bad cast undoes only this
-                    cursor.execute(IMPORT_UPLOAD, params)
-            except (DataError, IntegrityError) as exc:
-                problem = str(exc).strip().splitlines()[0]
-            else:
-                return Upload.Status.IMPORTED
-        logger.warning("upload %s of device %s failed: %s", upload_id, device_id, problem)
-        cursor.execute(
-            f"UPDATE {UPLOAD_TABLE} SET status = %s, error = %s WHERE id = %s",
-            [Upload.Status.FAILED, f"payload cannot be imported: {problem}", upload_id],
-        )
-        return Upload.Status.FAILED
+        return _import_locked(alias, cursor, [CheckedUpload.of_row(row)])[upload_id]
 
 
 def import_upload_now(device_id: int, upload_id: int) -> str:
-    """Import one staged upload (the task body); returns the upload's final status.
+    """Import one staged upload; returns the upload's final status.
 
-    The shard is resolved now, not when the task was queued, so an upload whose
-    device moved meanwhile is imported where it lives. A corrupt payload marks
-    the upload failed; only infrastructure errors (and moves) raise, for a retry.
+    The shard is resolved now, so an upload whose device moved is imported where
+    it lives. A corrupt payload marks the upload failed; only infrastructure
+    errors (and moves) raise, for a retry.
     """
     try:
         return write_for_device(
@@ -262,24 +283,42 @@ def import_upload_now(device_id: int, upload_id: int) -> str:
         return "missing"
 
 
-def sweep_staged_uploads(alias: str, older_than_seconds: int) -> int:
-    """Queue again the staged uploads of one shard older than the threshold; how many.
+def import_staged_batch(alias: str, limit: int) -> int:
+    """Claim up to `limit` staged uploads on `alias` and import them in one transaction;
+    how many were claimed and imported (or found failed).
 
-    Their task was lost (broker down at staging, worker killed mid-import). A
-    duplicate task is harmless: it finds the upload imported and returns.
+    FOR UPDATE SKIP LOCKED lets several workers import one shard side by side, each
+    its own uploads. Only devices the shard serves are claimed, their fences held
+    FOR SHARE to the commit, as a device's own writes hold them; a device a mover
+    holds is skipped (SKIP LOCKED) and imported by a later run wherever it lives.
+    Oldest first: the partial index on staged uploads serves the order.
     """
-    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
-    # Uploads of devices moved away are imported where the device lives now (their
-    # copies came along); the copies left here until cleanup are not queued again.
-    # status + received_at: served by the partial index upload_staged_idx.
-    stale = (
-        Upload.objects.on_shard(alias)
-        .filter(status=Upload.Status.STAGED, received_at__lte=cutoff)
-        .filter(device_id__in=held_devices(alias))
-        .order_by("received_at")
-        .values_list("device_id", "id")[:SWEEP_LIMIT]
-    )
-    queued = sum(queue_import(device_id, upload_id) for device_id, upload_id in stale)
-    if queued:
-        logger.info("sweeper queued %s staged upload(s) on %s again", queued, alias)
-    return queued
+    with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+        cursor.execute(
+            f"SELECT {CHECKED_COLUMNS} FROM {UPLOAD_TABLE}"
+            f" WHERE status = %s AND device_id IN ({SERVED_DEVICES_SQL})"
+            " ORDER BY received_at LIMIT %s FOR UPDATE SKIP LOCKED",
+            [Upload.Status.STAGED, limit],
+        )
+        claimed = [CheckedUpload.of_row(row) for row in cursor.fetchall()]
+        if not claimed:
+            return 0
+        owned = set(lock_owned_devices(alias, sorted({u.device_id for u in claimed})))
+        return len(_import_locked(alias, cursor, [u for u in claimed if u.device_id in owned]))
+
+
+def import_staged(alias: str, *, batch: int, budget_seconds: float) -> tuple[int, bool]:
+    """Import `alias`'s staged uploads, `batch` per transaction, for up to `budget_seconds`;
+    (how many, whether some were left for another run). UnknownShard for a shard
+    not registered, or retired.
+    """
+    ensure_shard_connection(alias)
+    deadline = time.monotonic() + budget_seconds
+    total = 0
+    while True:
+        done = import_staged_batch(alias, batch)
+        total += done
+        if done < batch:
+            return total, False
+        if time.monotonic() >= deadline:
+            return total, True

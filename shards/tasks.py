@@ -1,7 +1,7 @@
-"""Celery tasks: import and sweep uploads, moves and drains, and per-shard analysis.
+"""Celery tasks: import uploads, moves and drains, and per-shard analysis.
 
 The ingest tasks are safe to run more than once: the import is idempotent and at-least-once
-(acks_late, re-delivered when a worker dies), and the sweep only queues imports.
+(acks_late, re-delivered when a worker dies), and a kick only queues an import.
 """
 
 import logging
@@ -10,44 +10,58 @@ from celery import shared_task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from routers.fanout import fan_out
+from routers.errors import UnknownShard
 from routers.registry import serving_shards
 from shards import ingest
 from shards.fence import DeviceMoved
+from shards.import_queue import import_started, kick_import
 
 logger = logging.getLogger(__name__)
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def import_staged_uploads(alias: str) -> int:
+    """Import a shard's staged uploads, many per transaction (shards.ingest.import_staged).
+
+    A run that leaves some (its time budget spent) kicks its successor; one that
+    fails (the shard down) leaves them staged for the next kick or beat's.
+    """
+    import_started(alias)
+    try:
+        imported, more = ingest.import_staged(
+            alias,
+            batch=settings.IMPORT_BATCH_UPLOADS,
+            budget_seconds=settings.IMPORT_BUDGET_SECONDS,
+        )
+    except (OperationalError, InterfaceError, UnknownShard) as exc:
+        logger.warning("importing staged uploads on %s failed; beat kicks it again: %r", alias, exc)
+        return 0
+    if more:
+        kick_import(alias)
+    return imported
+
+
+@shared_task(ignore_result=True)
+def kick_all_imports() -> list[str]:
+    """Beat's entry: kick an import of every serving shard (uploads a kick missed)."""
+    aliases = serving_shards()
+    for alias in aliases:
+        kick_import(alias)
+    return aliases
 
 
 @shared_task(
     acks_late=True,
     reject_on_worker_lost=True,
-    # A shard or connection that is down, or a device that moved mid-import: try again later.
     autoretry_for=(OperationalError, InterfaceError, DeviceMoved),
     retry_backoff=True,
     retry_backoff_max=60,
     retry_jitter=True,
-    # Up to about 15 minutes of retries; past that the sweeper queues the upload again.
     max_retries=20,
 )
 def import_upload(device_id: int, upload_id: int) -> str:
-    """Import a staged upload on whichever shard owns its device when the task runs."""
+    """Import one staged upload: what nodes of earlier versions queued per upload."""
     return ingest.import_upload_now(device_id, upload_id)
-
-
-@shared_task(ignore_result=True)
-def sweep_staged_uploads() -> dict[str, int]:
-    """Queue again staged uploads whose import task was lost, on every shard in parallel."""
-    older_than = settings.UPLOAD_SWEEP_AFTER_SECONDS
-    results = fan_out(
-        lambda alias: ingest.sweep_staged_uploads(alias, older_than), return_exceptions=True
-    )
-    queued: dict[str, int] = {}
-    for alias, result in results.items():
-        if isinstance(result, BaseException):
-            logger.warning("sweeping staged uploads on %s failed: %r", alias, result)
-        else:
-            queued[alias] = result
-    return queued
 
 
 @shared_task(ignore_result=True)

@@ -17,14 +17,10 @@ from django.db import connections
 
 from cluster.ports import free_port
 from core import local_cluster
-from shards.ingest import (
-    import_upload_now,
-    payload_of,
-    queue_import,
-    stage_upload,
-    sweep_staged_uploads,
-)
+from shards.import_queue import kick_import
+from shards.ingest import import_upload_now, payload_of, stage_upload
 from shards.models import DeviceStatus, LatestValue, Reading, Upload
+from shards.tasks import kick_all_imports
 from tests.factories import T0, make_device
 from tests.process_env import child_process_env
 from tests.querylog import queries_by_alias
@@ -261,7 +257,7 @@ def test_the_worker_marks_a_corrupt_upload_failed_without_raising(shards, celery
     upload = store_staged(device.pk, "b", readings_at(seconds(0, 2), metrics=("temp",)))
     corrupt_payload("shard_2", upload.pk, CORRUPTIONS["bad time"][0] + "::jsonb")
 
-    assert queue_import(device.pk, upload.pk) is True
+    assert kick_import("shard_2") is True
 
     wait_until(lambda: status_of(device.pk, upload.pk) == "failed", what="the import to fail")
     assert "timestamp" in Upload.objects.for_device(device).get().error
@@ -296,28 +292,26 @@ def stage_with_broker_down(device_id: int, batch_id: str) -> dict:
     }
 
 
-def test_upload_staged_while_the_broker_is_down_is_imported_after_a_sweep(shards, celery_worker):
+def test_upload_staged_while_the_broker_is_down_is_imported_after_beats_kick(shards, celery_worker):
     device = make_device(shard="shard_1").device
 
     staged = stage_with_broker_down(device.pk, "while-broker-down")
 
     assert staged["created"] is True
-    assert "could not queue import" in staged["stderr"]
+    assert "could not queue the import of shard_1" in staged["stderr"]
     assert status_of(device.pk, staged["id"]) == Upload.Status.STAGED
     time.sleep(1)  # nothing is coming for it
     assert status_of(device.pk, staged["id"]) == Upload.Status.STAGED
 
-    assert sweep_staged_uploads("shard_2", 0) == 0
-    assert sweep_staged_uploads("shard_1", 0) == 1
+    assert sorted(kick_all_imports()) == ["shard_1", "shard_2"]
 
     wait_until_imported(device.pk, staged["id"])
     assert Reading.objects.for_device(device).count() == 1
 
 
-def test_sweep_skips_uploads_younger_than_the_threshold(shards):
-    device = make_device(shard="shard_1").device
-    store_staged(device.pk, "fresh", readings_at(seconds(0, 1)))
-    assert sweep_staged_uploads("shard_1", 3600) == 0
+def beat_kicks() -> bool:
+    """What beat does every few seconds in a cluster: kick an import of every shard."""
+    return bool(kick_all_imports())
 
 
 def count_on(alias: str, sql: str) -> int:
@@ -360,21 +354,22 @@ def test_worker_killed_mid_backlog_loses_and_doubles_nothing(shards, celery_work
         total_uploads = uploads_per_device * len(devices)
         assert uploads_with_status("staged") == total_uploads
 
-        celery_worker.start()
-        wait_until(lambda: uploads_with_status("imported") >= 10, what="the import to begin")
-        celery_worker.kill()
+        # Small claims, so the backlog takes many transactions and the kill lands among them.
+        small_claims = CeleryWorker(env={"IMPORT_BATCH_UPLOADS": "5"})
+        small_claims.start()
+        try:
+            wait_until(lambda: uploads_with_status("imported") >= 10, what="the import to begin")
+        finally:
+            small_claims.kill()
         wait_until(no_transaction_in_flight, timeout=30, what="the killed worker's last commit")
         left = uploads_with_status("staged")
         assert 0 < left < total_uploads, "the kill did not land mid-backlog"
-        # Tasks the killed worker held are unacknowledged until the visibility timeout;
-        # the sweeper queues them again (and duplicates of the rest, which are harmless).
-        # It runs before the restart: a running worker would import some meanwhile.
-        assert sweep_staged_uploads("shard_1", 0) + sweep_staged_uploads("shard_2", 0) == left
+        # The killed worker's claims rolled back; its tasks stay unacknowledged until the
+        # visibility timeout, so the uploads left wait for a kick (beat's, in a cluster).
     finally:
-        if not celery_worker.running:
-            celery_worker.start()
+        celery_worker.start()
     wait_until(
-        lambda: uploads_with_status("imported") == total_uploads,
+        lambda: beat_kicks() and uploads_with_status("imported") == total_uploads,
         timeout=180,
         what="the whole backlog to be imported",
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 from core.celery import app as celery_app
 from core.local_cluster import REPO_ROOT
 from shards.deletion import PURGE_TASK
-from shards.ingest import IMPORT_TASK
+from shards.import_queue import IMPORT_SHARD_TASK
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -37,7 +37,7 @@ def test_nothing_in_shards_imports_the_tasks_module():
 
 def test_the_tasks_sent_by_name_exist():
     celery_app.loader.import_default_modules()
-    assert IMPORT_TASK in celery_app.tasks
+    assert IMPORT_SHARD_TASK in celery_app.tasks
     assert PURGE_TASK in celery_app.tasks
 
 

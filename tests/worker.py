@@ -35,8 +35,9 @@ def purge_broker() -> None:
 class CeleryWorker:
     """One `celery worker` process group; start, stop, kill -9 and restart it."""
 
-    def __init__(self, log_path: Path = LOG_PATH) -> None:
+    def __init__(self, log_path: Path = LOG_PATH, env: dict[str, str] | None = None) -> None:
         self.log_path = log_path
+        self.env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -57,7 +58,7 @@ class CeleryWorker:
         self.process = subprocess.Popen(
             command,
             cwd=local_cluster.REPO_ROOT,
-            env=child_process_env(),
+            env={**child_process_env(), **self.env},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,

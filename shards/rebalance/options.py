@@ -9,8 +9,8 @@ most of the speed-up measured (docs/benchmarks.md) while uploading devices see
 hardly more latency; four doubled their p99. More than two into or out of one
 shard would put several bulk copies on one server's disk at once, which is what
 devices uploading to that shard would feel. The import lag threshold is far
-above a healthy lag (well under a second) and far below the sweeper's period
-(UPLOAD_SWEEP_AFTER_SECONDS), so it only bites when imports really fall behind.
+above a healthy lag (well under a second) and above beat's import kicks
+(IMPORT_KICK_SECONDS), so it only bites when imports really fall behind.
 """
 
 from dataclasses import asdict, dataclass, fields, replace

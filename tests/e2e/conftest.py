@@ -3,8 +3,7 @@
 The tests kill app nodes, stop databases and Redis, so they never touch the
 developer's cluster: `python -m cluster up` runs with its own var directory
 (var/e2e) and ports, wiped at the start of each session, and `down` runs at the
-end even when a test failed. Its processes get UPLOAD_SWEEP_AFTER_SECONDS=5 so
-lost imports come back quickly.
+end even when a test failed.
 """
 
 import json
@@ -38,7 +37,6 @@ E2E_ENV = {
     "FLEET_HTTP_PORT": "58000",
     "FLEET_STATS_PORT": "58404",
     "FLEET_APP_PORTS": "58001,58002",
-    "UPLOAD_SWEEP_AFTER_SECONDS": "5",
     "FLEET_EXTRA_SHARD_PORT_BASE": "56435",
     # A short cleanup grace, so moved devices' old rows go within seconds and the tests can
     # check they are stored on one shard only. Placements stay cached as long as in
