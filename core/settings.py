@@ -100,6 +100,9 @@ DATABASES = {
         os.environ.get("DIRECTORY_DATABASE_URL", local_cluster.directory_url()),
         conn_max_age=int(os.environ.get("DB_CONN_MAX_AGE", "60")),
         conn_health_checks=True,
+        # Django's PostgreSQL backend with a health check that polls the socket instead
+        # of a SELECT 1 round trip per request; shards inherit it (routers/registry.py).
+        engine="core.postgres",
     ),
 }
 DATABASE_ROUTERS = ["routers.db_router.ShardRouter"]
