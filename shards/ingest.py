@@ -38,12 +38,18 @@ PENDING_TABLE = RollupPending._meta.db_table
 # are parsed once (MATERIALIZED) and never shipped to Python and back. A payload
 # PostgreSQL cannot cast raises DataError/IntegrityError; the caller then imports the
 # uploads one by one to mark only the bad one failed.
-# firsts: of two readings with the same (device, metric, ts) the one staged first wins
-# (the earlier upload, then the earlier position in it), as does one stored before.
-# readings: ORDER BY makes concurrent imports take index locks in the same order (they
-# wait instead of deadlocking); how many each upload stored goes on the upload (the
-# receipt's `stored` and `duplicates`). latest picks the newest reading per metric; only
-# a newer one replaces the stored value, so a late, older batch leaves it.
+# readings: of two readings with the same (device, metric, ts) the one staged first
+# wins (the earlier upload, then the earlier position in it), as does one stored
+# before: DO NOTHING also skips a row this statement inserted already, and ORDER BY
+# inserts in that order. The same order makes concurrent imports take index locks
+# alike (they wait instead of deadlocking).
+# stored: how many readings each upload stored (the receipt's `stored` and
+# `duplicates`). When every reading was stored (the common case) that is each
+# upload's count; only when some were not does the second branch (a one-time filter
+# keeps it from running otherwise) find which upload's reading each stored one was.
+# latest: the newest reading per metric (the first staged of equals), found with a
+# hash aggregate instead of sorting the batch; only a newer one replaces the stored
+# value, so a late, older batch leaves it.
 # pending: the minutes the batch touches, for the rollup step. DO UPDATE (not DO
 # NOTHING) so this transaction holds each mark locked until it commits: the rollup
 # step skips locked marks, so it never recomputes a minute before these readings
@@ -59,24 +65,32 @@ IMPORT_UPLOADS = f"""
                      AS (ts timestamptz, metric varchar(64), value double precision)
              ) WITH ORDINALITY AS r(ts, metric, value, position)
         WHERE u.id = ANY(%(upload_ids)s)
-    ), firsts AS (
-        SELECT DISTINCT ON (device_id, metric, ts) upload_id, device_id, metric, ts, value
-        FROM batch
-        ORDER BY device_id, metric, ts, upload_id, position
     ), readings AS (
         INSERT INTO {READING_TABLE} (device_id, metric, ts, value)
-        SELECT device_id, metric, ts, value FROM firsts
-        ORDER BY device_id, metric, ts
+        SELECT device_id, metric, ts, value FROM batch
+        ORDER BY device_id, metric, ts, upload_id, position
         ON CONFLICT (device_id, metric, ts) DO NOTHING
         RETURNING device_id, metric, ts
     ), stored AS (
-        SELECT firsts.upload_id, count(*) AS readings
-        FROM readings JOIN firsts USING (device_id, metric, ts)
+        SELECT upload_id, count(*) AS readings FROM batch
+        WHERE (SELECT count(*) FROM readings) = (SELECT count(*) FROM batch)
+        GROUP BY upload_id
+        UNION ALL
+        SELECT firsts.upload_id, count(*)
+        FROM (
+            SELECT DISTINCT ON (device_id, metric, ts) upload_id, device_id, metric, ts
+            FROM batch
+            ORDER BY device_id, metric, ts, upload_id, position
+        ) firsts JOIN readings USING (device_id, metric, ts)
+        WHERE (SELECT count(*) FROM readings) <> (SELECT count(*) FROM batch)
         GROUP BY firsts.upload_id
+    ), newest AS (
+        SELECT device_id, metric, max(ts) AS ts FROM batch GROUP BY device_id, metric
     ), latest AS (
         INSERT INTO {LATEST_TABLE} (device_id, metric, ts, value, updated_at)
-        SELECT DISTINCT ON (device_id, metric) device_id, metric, ts, value, now() FROM batch
-        ORDER BY device_id, metric, ts DESC, upload_id, position
+        SELECT DISTINCT ON (device_id, metric) device_id, metric, ts, batch.value, now()
+        FROM newest JOIN batch USING (device_id, metric, ts)
+        ORDER BY device_id, metric, batch.upload_id, batch.position
         ON CONFLICT (device_id, metric) DO UPDATE
             SET ts = excluded.ts, value = excluded.value, updated_at = excluded.updated_at
             WHERE excluded.ts > {LATEST_TABLE}.ts
@@ -102,6 +116,10 @@ IMPORT_UPLOADS = f"""
     FROM claimed LEFT JOIN stored ON stored.upload_id = claimed.id
     WHERE u.id = claimed.id
 """
+
+IMPORT_TRANSACTION_SETTINGS = (
+    "SELECT set_config('synchronous_commit', 'off', true), set_config('work_mem', '64MB', true)"
+)
 
 # An upload's row as the import checks it before parsing: the payload's JSON kind and
 # length next to the count the device declared.
@@ -232,8 +250,9 @@ def _import_locked(alias: str, cursor: Any, uploads: list[CheckedUpload]) -> dic
     if not good:
         return statuses
     # Not waiting for the WAL flush is safe here: a crash that loses this commit loses
-    # the 'imported' marks with it, and the uploads are imported again.
-    cursor.execute("SET LOCAL synchronous_commit = off")
+    # the 'imported' marks with it, and the uploads are imported again. A claim's sort
+    # (its readings in index order) fits in memory instead of spilling to disk.
+    cursor.execute(IMPORT_TRANSACTION_SETTINGS)
     params = {
         "upload_ids": [u.id for u in good],
         "imported": Upload.Status.IMPORTED.value,
