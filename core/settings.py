@@ -183,7 +183,7 @@ IMPORT_KICK_SECONDS = float(os.environ.get("IMPORT_KICK_SECONDS", "5"))
 # little past this), and how long one import task works a shard before it queues its
 # successor, so that other shards' imports get their turn on a busy worker.
 IMPORT_BATCH_UPLOADS = int(os.environ.get("IMPORT_BATCH_UPLOADS", "200"))
-IMPORT_BUDGET_SECONDS = float(os.environ.get("IMPORT_BUDGET_SECONDS", "5"))
+IMPORT_BUDGET_SECONDS = float(os.environ.get("IMPORT_BUDGET_SECONDS", "2"))
 # How often beat queues an analysis run of every shard (shards.analysis.run).
 ANALYSIS_INTERVAL_SECONDS = float(os.environ.get("ANALYSIS_INTERVAL_SECONDS", "30"))
 # celery beat: kick lost imports; a tick not started within its period is dropped.

@@ -1,12 +1,15 @@
-"""Queueing imports: at most one import task waits per shard, whatever the upload rate.
+"""Queueing imports: at most one import task per shard is queued or running, whatever
+the upload rate.
 
 An upload's commit kicks its shard: a Redis key set only if absent (SET NX) says an
-import of that shard is already queued, so a busy shard costs the request path one
-Redis round trip and no Celery publish. The task clears the key before it claims
-anything, so an upload committed after that kicks a new task and is never left
-behind by one that already looked. The key expires (KICK_TTL_SECONDS) in case its
-task is lost; beat kicks every shard every IMPORT_KICK_SECONDS as well, which is
-what imports uploads staged while Redis was down, or copied by a move.
+import of that shard is queued or running, so a busy shard costs the request path
+one Redis round trip and no Celery publish. The task holds the key while it claims
+and imports (shards.tasks.import_staged_uploads), releases it once a claim finds
+nothing, and then looks once more: an upload that committed while the key was still
+set is found by that last look, and one that commits later kicks a new task. The
+key expires (KICK_TTL_SECONDS) in case its task is lost; beat kicks every shard
+every IMPORT_KICK_SECONDS as well, which is what imports uploads staged while Redis
+was down, or copied by a move.
 """
 
 import logging
@@ -21,7 +24,8 @@ from core.celery import app as celery_app
 logger = logging.getLogger(__name__)
 
 IMPORT_SHARD_TASK = "shards.tasks.import_staged_uploads"
-# Longer than a queued task normally waits; a lost task's key must not stop kicks for long.
+# Longer than a task normally waits in the queue and runs (IMPORT_BUDGET_SECONDS); a lost
+# task's key must not stop kicks for long.
 KICK_TTL_SECONDS = 10
 # A broker outage must cost the device request a fraction of a second, not seconds:
 # the upload is already durable and beat kicks its shard again.
@@ -50,13 +54,13 @@ def kick_import(alias: str) -> bool:
         celery_app.send_task(IMPORT_SHARD_TASK, args=(alias,), retry_policy=PUBLISH_RETRY_POLICY)
     except (BrokerError, RedisError, OSError) as exc:
         logger.warning("could not queue the import of %s; beat will kick it: %s", alias, exc)
-        import_started(alias)  # the next upload tries again
+        release_kick(alias)  # the next upload tries again
         return False
     return True
 
 
-def import_started(alias: str) -> None:
-    """Called by the import task before it claims: later uploads must kick a new one."""
+def release_kick(alias: str) -> None:
+    """Called by the import task when a claim found nothing: later uploads kick a new one."""
     try:
         caches["default"].delete(_kick_key(alias))
     except CACHE_ERRORS as exc:

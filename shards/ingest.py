@@ -327,9 +327,12 @@ def import_staged_batch(alias: str, limit: int) -> int:
 
 
 def import_staged(alias: str, *, batch: int, budget_seconds: float) -> tuple[int, bool]:
-    """Import `alias`'s staged uploads, `batch` per transaction, for up to `budget_seconds`;
-    (how many, whether some were left for another run). UnknownShard for a shard
-    not registered, or retired.
+    """Import `alias`'s staged uploads, `batch` per transaction, until a claim finds none
+    or `budget_seconds` are spent; (how many, whether the budget ran out first).
+
+    Uploads that arrive meanwhile are claimed too: under load one run imports many
+    claims, each of what arrived during the last. UnknownShard for a shard not
+    registered, or retired.
     """
     ensure_shard_connection(alias)
     deadline = time.monotonic() + budget_seconds
@@ -337,7 +340,7 @@ def import_staged(alias: str, *, batch: int, budget_seconds: float) -> tuple[int
     while True:
         done = import_staged_batch(alias, batch)
         total += done
-        if done < batch:
+        if done == 0:
             return total, False
         if time.monotonic() >= deadline:
             return total, True

@@ -14,25 +14,36 @@ from routers.errors import UnknownShard
 from routers.registry import serving_shards
 from shards import ingest
 from shards.fence import DeviceMoved
-from shards.import_queue import import_started, kick_import
+from shards.import_queue import kick_import, release_kick
 
 logger = logging.getLogger(__name__)
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def import_staged_uploads(alias: str) -> int:
-    """Import a shard's staged uploads, many per transaction (shards.ingest.import_staged).
+    """Import a shard's staged uploads, many per transaction, until a claim finds none
+    (shards.ingest.import_staged), holding the shard's kick (shards.import_queue).
 
-    A run that leaves some (its time budget spent) kicks its successor; one that
-    fails (the shard down) leaves them staged for the next kick or beat's.
+    Then it releases the kick and looks once more, for uploads that committed while
+    the kick was still held. A run whose time budget is spent queues its successor;
+    one that fails (the shard down) leaves the uploads staged for a later kick.
     """
-    import_started(alias)
-    try:
-        imported, more = ingest.import_staged(
+
+    def import_all() -> tuple[int, bool]:
+        return ingest.import_staged(
             alias,
             batch=settings.IMPORT_BATCH_UPLOADS,
             budget_seconds=settings.IMPORT_BUDGET_SECONDS,
         )
+
+    try:
+        try:
+            imported, more = import_all()
+        finally:
+            release_kick(alias)
+        if not more:
+            last, more = import_all()
+            imported += last
     except (OperationalError, InterfaceError, UnknownShard) as exc:
         logger.warning("importing staged uploads on %s failed; beat kicks it again: %r", alias, exc)
         return 0
