@@ -179,11 +179,14 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # How often beat kicks an import of every shard: the longest an upload whose kick was
 # lost (Redis down at staging, a move copied it) waits for its import.
 IMPORT_KICK_SECONDS = float(os.environ.get("IMPORT_KICK_SECONDS", "5"))
-# Staged uploads one import transaction claims (docs/benchmarks.md: larger claims gain
-# little past this), and how long one import task works a shard before it queues its
-# successor, so that other shards' imports get their turn on a busy worker.
+# Staged uploads one import transaction claims; how long one import task works a shard
+# before it queues its successor, so that other shards' imports get their turn on a busy
+# worker; and how long it lets uploads gather after a claim that was not full. Without
+# that pause a task under load claimed one or two uploads at a time, and paid a claim's
+# fixed cost for each (docs/benchmarks.md: 254 -> 321 uploads/s with it).
 IMPORT_BATCH_UPLOADS = int(os.environ.get("IMPORT_BATCH_UPLOADS", "200"))
 IMPORT_BUDGET_SECONDS = float(os.environ.get("IMPORT_BUDGET_SECONDS", "2"))
+IMPORT_PAUSE_SECONDS = float(os.environ.get("IMPORT_PAUSE_SECONDS", "0.05"))
 # How often beat queues an analysis run of every shard (shards.analysis.run).
 ANALYSIS_INTERVAL_SECONDS = float(os.environ.get("ANALYSIS_INTERVAL_SECONDS", "30"))
 # celery beat: kick lost imports; a tick not started within its period is dropped.

@@ -279,11 +279,6 @@ def open_fence(device_id: int, alias: str, *, epoch: int = 1) -> None:
 HELD_DEVICES_SQL = (
     f"SELECT device_id FROM {FENCE_TABLE} WHERE state IN ({literal_list(DeviceFence.HELD)})"
 )
-# The devices this shard serves writes for right now (not one a mover holds fenced), as a
-# subquery: work on many devices claims only these, then locks their fences.
-SERVED_DEVICES_SQL = (
-    f"SELECT device_id FROM {FENCE_TABLE} WHERE state IN ({literal_list(DeviceFence.SERVING)})"
-)
 
 
 def held_device_ids(cursor: Any) -> list[int]:
@@ -308,6 +303,16 @@ def held_devices(alias: str) -> QuerySet:
 def knows_any_device(alias: str) -> bool:
     """Whether the shard has a fence row for any device (held, moved away or pending)."""
     return DeviceFence.objects.on_shard(alias).exists()
+
+
+def served_device_sql(device_column: str) -> str:
+    """SQL that is true when this shard serves writes for the device in `device_column`
+    right now (not one a mover holds fenced): work on many devices claims rows of these
+    only, then locks their fences. One index probe per row, whatever the fleet's size."""
+    return (
+        f"EXISTS (SELECT 1 FROM {FENCE_TABLE} f WHERE f.device_id = {device_column}"
+        f" AND f.state IN ({literal_list(DeviceFence.SERVING)}))"
+    )
 
 
 def has_no_fence_sql(device_column: str) -> str:

@@ -22,7 +22,7 @@ from routers.errors import UnknownDevice
 from routers.registry import ensure_shard_connection
 from shards.analysis.buckets import BUCKET_ORIGIN
 from shards.commands import HAS_OPEN_SQL
-from shards.fence import SERVED_DEVICES_SQL, lock_owned_devices, write_for_device
+from shards.fence import lock_owned_devices, served_device_sql, write_for_device
 from shards.import_queue import kick_import
 from shards.models import DeviceStatus, LatestValue, Reading, RollupPending, Upload
 
@@ -234,42 +234,35 @@ def _mark_failed(cursor: Any, upload: CheckedUpload, problem: str) -> str:
     return Upload.Status.FAILED
 
 
-def _import_locked(alias: str, cursor: Any, uploads: list[CheckedUpload]) -> dict[int, str]:
-    """Import these uploads, whose rows the caller's transaction holds; each one's final status.
+def _sort_out(cursor: Any, uploads: list[CheckedUpload]) -> tuple[dict[int, str], list]:
+    """(the final status of uploads that need no import, the uploads to import).
 
     Uploads imported (or failed) before are left as they are: a second import
-    changes nothing. All good ones go in one statement; if PostgreSQL cannot cast
-    a value in one of them, each is tried alone so that only the bad one fails.
+    changes nothing. One whose payload is not the list it claims is marked failed.
     """
     statuses = {u.id: u.status for u in uploads if u.status != Upload.Status.STAGED}
     staged = [u for u in uploads if u.status == Upload.Status.STAGED]
     for upload in staged:
         if upload.problem is not None:
             statuses[upload.id] = _mark_failed(cursor, upload, upload.problem)
-    good = [u for u in staged if u.problem is None]
-    if not good:
-        return statuses
+    return statuses, [u for u in staged if u.problem is None]
+
+
+def _run_import(cursor: Any, uploads: list[CheckedUpload]) -> None:
+    """IMPORT_UPLOADS for these locked, staged uploads; DataError/IntegrityError when
+    PostgreSQL cannot cast a value in one of them (the transaction is then aborted)."""
     # Not waiting for the WAL flush is safe here: a crash that loses this commit loses
     # the 'imported' marks with it, and the uploads are imported again. A claim's sort
     # (its readings in index order) fits in memory instead of spilling to disk.
     cursor.execute(IMPORT_TRANSACTION_SETTINGS)
-    params = {
-        "upload_ids": [u.id for u in good],
-        "imported": Upload.Status.IMPORTED.value,
-        "origin": BUCKET_ORIGIN,
-    }
-    try:
-        with transaction.atomic(using=alias):  # a savepoint: a bad cast undoes only this
-            cursor.execute(IMPORT_UPLOADS, params)
-    except (DataError, IntegrityError) as exc:
-        if len(good) > 1:
-            for upload in good:
-                statuses.update(_import_locked(alias, cursor, [upload]))
-        else:
-            statuses[good[0].id] = _mark_failed(cursor, good[0], str(exc).strip().splitlines()[0])
-    else:
-        statuses.update((u.id, Upload.Status.IMPORTED) for u in good)
-    return statuses
+    cursor.execute(
+        IMPORT_UPLOADS,
+        {
+            "upload_ids": [u.id for u in uploads],
+            "imported": Upload.Status.IMPORTED.value,
+            "origin": BUCKET_ORIGIN,
+        },
+    )
 
 
 def _import_on_shard(alias: str, device_id: int, upload_id: int) -> str:
@@ -283,7 +276,15 @@ def _import_on_shard(alias: str, device_id: int, upload_id: int) -> str:
         if row is None:
             logger.warning("upload %s of device %s not found on %s", upload_id, device_id, alias)
             return "missing"
-        return _import_locked(alias, cursor, [CheckedUpload.of_row(row)])[upload_id]
+        statuses, good = _sort_out(cursor, [CheckedUpload.of_row(row)])
+        if not good:
+            return statuses[upload_id]
+        try:
+            with transaction.atomic(using=alias):  # a savepoint: a bad cast undoes only this
+                _run_import(cursor, good)
+        except (DataError, IntegrityError) as exc:
+            return _mark_failed(cursor, good[0], str(exc).strip().splitlines()[0])
+        return Upload.Status.IMPORTED
 
 
 def import_upload_now(device_id: int, upload_id: int) -> str:
@@ -310,28 +311,44 @@ def import_staged_batch(alias: str, limit: int) -> int:
     its own uploads. Only devices the shard serves are claimed, their fences held
     FOR SHARE to the commit, as a device's own writes hold them; a device a mover
     holds is skipped (SKIP LOCKED) and imported by a later run wherever it lives.
-    Oldest first: the partial index on staged uploads serves the order.
+    Oldest first: the partial index on staged uploads serves the order. No savepoint
+    (two round trips a claim): a payload that cannot be cast rolls the claim back,
+    and its uploads are then imported one by one.
     """
-    with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
-        cursor.execute(
-            f"SELECT {CHECKED_COLUMNS} FROM {UPLOAD_TABLE}"
-            f" WHERE status = %s AND device_id IN ({SERVED_DEVICES_SQL})"
-            " ORDER BY received_at LIMIT %s FOR UPDATE SKIP LOCKED",
-            [Upload.Status.STAGED, limit],
-        )
-        claimed = [CheckedUpload.of_row(row) for row in cursor.fetchall()]
-        if not claimed:
-            return 0
-        owned = set(lock_owned_devices(alias, sorted({u.device_id for u in claimed})))
-        return len(_import_locked(alias, cursor, [u for u in claimed if u.device_id in owned]))
+    owned: list[CheckedUpload] = []
+    try:
+        with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+            cursor.execute(
+                f"SELECT {CHECKED_COLUMNS} FROM {UPLOAD_TABLE} u"
+                f" WHERE status = %s AND {served_device_sql('u.device_id')}"
+                " ORDER BY received_at LIMIT %s FOR UPDATE SKIP LOCKED",
+                [Upload.Status.STAGED, limit],
+            )
+            claimed = [CheckedUpload.of_row(row) for row in cursor.fetchall()]
+            if not claimed:
+                return 0
+            held = set(lock_owned_devices(alias, sorted({u.device_id for u in claimed})))
+            owned = [u for u in claimed if u.device_id in held]
+            _, good = _sort_out(cursor, owned)
+            if good:
+                _run_import(cursor, good)
+    except (DataError, IntegrityError):
+        # A value in one of the payloads cannot be cast, and the claim was rolled back:
+        # each upload alone, in its own transaction, so that only the bad one fails.
+        for upload in owned:
+            import_upload_now(upload.device_id, upload.id)
+    return len(owned)
 
 
-def import_staged(alias: str, *, batch: int, budget_seconds: float) -> tuple[int, bool]:
+def import_staged(
+    alias: str, *, batch: int, budget_seconds: float, pause_seconds: float = 0.0
+) -> tuple[int, bool]:
     """Import `alias`'s staged uploads, `batch` per transaction, until a claim finds none
     or `budget_seconds` are spent; (how many, whether the budget ran out first).
 
     Uploads that arrive meanwhile are claimed too: under load one run imports many
-    claims, each of what arrived during the last. UnknownShard for a shard not
+    claims, each of what arrived during the last, and after a claim that was not full
+    it waits `pause_seconds` to let more gather. UnknownShard for a shard not
     registered, or retired.
     """
     ensure_shard_connection(alias)
@@ -344,3 +361,5 @@ def import_staged(alias: str, *, batch: int, budget_seconds: float) -> tuple[int
             return total, False
         if time.monotonic() >= deadline:
             return total, True
+        if done < batch:
+            time.sleep(pause_seconds)

@@ -34,6 +34,7 @@ def import_staged_uploads(alias: str) -> int:
             alias,
             batch=settings.IMPORT_BATCH_UPLOADS,
             budget_seconds=settings.IMPORT_BUDGET_SECONDS,
+            pause_seconds=settings.IMPORT_PAUSE_SECONDS,
         )
 
     try:
