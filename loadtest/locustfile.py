@@ -12,7 +12,9 @@ Knobs (environment variables, so `make` targets and tests can set them):
 
 - LOADTEST_CLUSTER_JSON  path of cluster.json (default var/cluster.json)
 - LOADTEST_BATCH         readings per upload (default 10)
-- LOADTEST_INTERVAL      seconds a device waits between uploads (default 1; 0 = flat out)
+- LOADTEST_INTERVAL      a device starts an upload every so many seconds, or as soon as
+                         the last one is answered if that took longer (default 1;
+                         0 = flat out, back to back)
 - LOADTEST_TARGETS       comma-separated base URLs the devices spread over, one per
                          device round-robin (default: the cluster's HAProxy URL)
 - LOADTEST_LEDGER_DIR    where each locust process writes ledger-<pid>.json: per device,
@@ -37,7 +39,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from locust import FastHttpUser, between, constant, events, task
+from locust import FastHttpUser, between, constant, constant_throughput, events, task
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER_JSON = Path(os.environ.get("LOADTEST_CLUSTER_JSON", ROOT / "var" / "cluster.json"))
@@ -94,7 +96,9 @@ class DeviceUser(FastHttpUser):
 
     weight = 10
     host = TARGETS[0]
-    wait_time = constant(INTERVAL)
+    # Paced by the start of each upload, not by the gap after it: a paced run offers a
+    # rate (devices / interval) that slow answers do not lower.
+    wait_time = constant_throughput(1 / INTERVAL) if INTERVAL > 0 else constant(0)
 
     def on_start(self) -> None:
         number = next(_serials)

@@ -85,8 +85,10 @@ def run_locust(
     env: dict[str, str] | None = None,
     spawn_rate: float | None = None,
     cluster_json: Path | None = None,
+    reset_stats: bool = False,
 ) -> RunResult:
-    """One headless run; `env` sets the locustfile's LOADTEST_* knobs."""
+    """One headless run; `env` sets the locustfile's LOADTEST_* knobs. `reset_stats`
+    leaves the spawning (each device's enrolment and login) out of the figures."""
     out_dir.mkdir(parents=True, exist_ok=True)
     child_env = {
         **os.environ,
@@ -102,6 +104,7 @@ def run_locust(
         "--run-time", run_time, "--stop-timeout", "30", "--only-summary",
         "--csv", str(out_dir / "locust"), "--csv-full-history",
         "--html", str(out_dir / "report.html"), "--exit-code-on-error", "0",
+        *(["--reset-stats"] if reset_stats else []),
     ]  # fmt: skip
     started = time.monotonic()
     with (out_dir / "locust.log").open("w") as log:
