@@ -10,6 +10,7 @@ from ninja.errors import HttpError
 from ninja.security import HttpBearer
 
 from api.schemas import (
+    READINGS_JSON,
     CommandOut,
     CommandResultIn,
     CommandsOut,
@@ -26,7 +27,7 @@ from core.provisioning import enroll
 from core.throttle_device import count_failed_authentication, limit_device_requests
 from routers.placement import shard_for_device
 from shards.commands import deliver_pending, report_result
-from shards.ingest import stage_upload
+from shards.ingest import stage_payload
 from shards.models import Upload
 
 
@@ -76,8 +77,12 @@ def upload_batch(request: HttpRequest, payload: UploadIn):
     Retrying with the same batch_id returns the first answer's upload_id and
     writes nothing again, so a device may resend whenever it is unsure.
     """
-    readings = [reading.model_dump() for reading in payload.readings]
-    staged = stage_upload(request.device_id, payload.batch_id, readings)
+    staged = stage_payload(
+        request.device_id,
+        payload.batch_id,
+        READINGS_JSON.dump_json(payload.readings).decode(),
+        len(payload.readings),
+    )
     commands = deliver_pending(request.device_id, any_open=staged.commands_open)
     return Status(
         202,

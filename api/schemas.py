@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    TypeAdapter,
     field_validator,
 )
 
@@ -91,6 +92,11 @@ class ReadingIn(Strict):
 class UploadIn(Strict):
     batch_id: BatchId
     readings: list[ReadingIn] = Field(min_length=1, max_length=settings.UPLOAD_MAX_READINGS)
+
+
+# An upload's validated readings as the JSON the shard stages (shards.ingest.stage_payload),
+# written by pydantic's compiled serializer: times in UTC ("Z"), values as floats.
+READINGS_JSON = TypeAdapter(list[ReadingIn])
 
 
 class CommandOut(Schema):

@@ -155,15 +155,24 @@ def payload_of(readings: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def stage_upload(device_id: int, batch_id: str, readings: list[dict[str, Any]]) -> StagedUpload:
-    """Store a validated batch once per (device, batch id) and queue its import on commit.
-
-    A retried batch id returns the original upload and writes nothing, also when
-    two copies arrive at once: ON CONFLICT DO NOTHING makes the second wait for
-    the first and then find its row.
-    """
+    """Store a validated batch of readings given as dicts (stage_payload)."""
     payload = payload_of(readings)
     # allow_nan=False: JSON has no NaN/Infinity, PostgreSQL would refuse the jsonb anyway.
-    payload_json = json.dumps(payload, allow_nan=False)
+    return stage_payload(device_id, batch_id, json.dumps(payload, allow_nan=False), len(payload))
+
+
+def stage_payload(
+    device_id: int, batch_id: str, payload_json: str, reading_count: int
+) -> StagedUpload:
+    """Store a validated batch once per (device, batch id) and kick its import on commit.
+
+    `payload_json` is the readings as a JSON list of {"ts", "metric", "value"}, times
+    in ISO 8601 with their offset (the API writes it straight from its validated
+    models, in pydantic's compiled serializer). A retried batch id returns the
+    original upload and writes nothing, also when two copies arrive at once: ON
+    CONFLICT DO NOTHING makes the second wait for the first and then find its row.
+    The upload returned does not carry the payload.
+    """
 
     def write(alias: str) -> StagedUpload:
         with connections[alias].cursor() as cursor:
@@ -175,11 +184,15 @@ def stage_upload(device_id: int, batch_id: str, readings: list[dict[str, Any]]) 
                 ON CONFLICT (device_id, batch_id) DO NOTHING
                 RETURNING id, received_at, {HAS_OPEN_SQL}
                 """,
-                [device_id, batch_id, Upload.Status.STAGED, payload_json, len(payload), device_id],
+                [device_id, batch_id, Upload.Status.STAGED, payload_json, reading_count, device_id],
             )
             inserted = cursor.fetchone()
         if inserted is None:
-            original = Upload.objects.on_shard(alias).get(device_id=device_id, batch_id=batch_id)
+            original = (
+                Upload.objects.on_shard(alias)
+                .defer("payload")
+                .get(device_id=device_id, batch_id=batch_id)
+            )
             return StagedUpload(upload=original, created=False, alias=alias)
         upload_id, received_at, commands_open = inserted
         upload = Upload(
@@ -187,8 +200,7 @@ def stage_upload(device_id: int, batch_id: str, readings: list[dict[str, Any]]) 
             device_id=device_id,
             batch_id=batch_id,
             status=Upload.Status.STAGED,
-            payload=payload,
-            reading_count=len(payload),
+            reading_count=reading_count,
             error="",
             received_at=received_at,
         )
