@@ -745,7 +745,7 @@ def markdown(results: dict) -> str:
         lines.append(
             "| 2 | in-process import_staged (bench/ingest_bench.py) | | raw COPY |"
             f" {pct(imp['import_of_copy'])} (stage + import {pct(imp['stage_and_import_of_copy'])})"
-            " | ≥30% |"
+            " | ≥50% |"
         )
     hap = results.get("haproxy", {})
     if "haproxy_of_one_node" in hap:
