@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import DataError, IntegrityError, connections, transaction
 
@@ -230,11 +230,34 @@ class CheckedUpload:
     device_id: int
     status: str
     problem: str | None
+    readings: int
 
     @classmethod
     def of_row(cls, row: tuple) -> "CheckedUpload":
         upload_id, device_id, status, reading_count, kind, length = row
-        return cls(upload_id, device_id, status, _shape_problem(kind, length, reading_count))
+        problem = _shape_problem(kind, length, reading_count)
+        return cls(upload_id, device_id, status, problem, reading_count)
+
+
+class Claim(NamedTuple):
+    """What one claim did: how many uploads it imported (or found failed), and whether it
+    was full (its limit of uploads or readings reached: more may be waiting)."""
+
+    imported: int
+    full: bool
+
+
+def _within(uploads: list[CheckedUpload], max_readings: int | None) -> list[CheckedUpload]:
+    """The oldest uploads whose readings stay within `max_readings` (always the first)."""
+    if max_readings is None:
+        return uploads
+    kept, total = [], 0
+    for upload in uploads:
+        total += upload.readings
+        if kept and total > max_readings:
+            break
+        kept.append(upload)
+    return kept
 
 
 def _mark_failed(cursor: Any, upload: CheckedUpload, problem: str) -> str:
@@ -315,9 +338,13 @@ def import_upload_now(device_id: int, upload_id: int) -> str:
         return "missing"
 
 
-def import_staged_batch(alias: str, limit: int) -> int:
-    """Claim up to `limit` staged uploads on `alias` and import them in one transaction;
-    how many were claimed and imported (or found failed).
+def import_staged_batch(alias: str, limit: int, max_readings: int | None = None) -> Claim:
+    """Claim up to `limit` staged uploads on `alias`, at most `max_readings` readings in
+    all, and import them in one transaction.
+
+    The readings bound keeps a claim short whatever the uploads' size: a claim holds its
+    devices' fences until it commits, and a move that starts fencing one of them waits
+    for it (with the device's writers queued behind the move).
 
     FOR UPDATE SKIP LOCKED lets several workers import one shard side by side, each
     its own uploads. Only devices the shard serves are claimed, their fences held
@@ -336,9 +363,12 @@ def import_staged_batch(alias: str, limit: int) -> int:
                 " ORDER BY received_at LIMIT %s FOR UPDATE SKIP LOCKED",
                 [Upload.Status.STAGED, limit],
             )
-            claimed = [CheckedUpload.of_row(row) for row in cursor.fetchall()]
-            if not claimed:
-                return 0
+            fetched = [CheckedUpload.of_row(row) for row in cursor.fetchall()]
+            if not fetched:
+                return Claim(0, False)
+            # Those left out stay staged; their row locks go with this transaction.
+            claimed = _within(fetched, max_readings)
+            full = len(fetched) == limit or len(claimed) < len(fetched)
             held = set(lock_owned_devices(alias, sorted({u.device_id for u in claimed})))
             owned = [u for u in claimed if u.device_id in held]
             _, good = _sort_out(cursor, owned)
@@ -349,14 +379,20 @@ def import_staged_batch(alias: str, limit: int) -> int:
         # each upload alone, in its own transaction, so that only the bad one fails.
         for upload in owned:
             import_upload_now(upload.device_id, upload.id)
-    return len(owned)
+    return Claim(len(owned), full)
 
 
 def import_staged(
-    alias: str, *, batch: int, budget_seconds: float, pause_seconds: float = 0.0
+    alias: str,
+    *,
+    batch: int,
+    budget_seconds: float,
+    pause_seconds: float = 0.0,
+    max_readings: int | None = None,
 ) -> tuple[int, bool]:
-    """Import `alias`'s staged uploads, `batch` per transaction, until a claim finds none
-    or `budget_seconds` are spent; (how many, whether the budget ran out first).
+    """Import `alias`'s staged uploads, claims of up to `batch` uploads and `max_readings`
+    readings, until a claim finds none or `budget_seconds` are spent; (how many, whether
+    the budget ran out first).
 
     Uploads that arrive meanwhile are claimed too: under load one run imports many
     claims, each of what arrived during the last, and after a claim that was not full
@@ -367,11 +403,11 @@ def import_staged(
     deadline = time.monotonic() + budget_seconds
     total = 0
     while True:
-        done = import_staged_batch(alias, batch)
-        total += done
-        if done == 0:
+        claim = import_staged_batch(alias, batch, max_readings)
+        total += claim.imported
+        if claim.imported == 0:
             return total, False
         if time.monotonic() >= deadline:
             return total, True
-        if done < batch:
+        if not claim.full:
             time.sleep(pause_seconds)

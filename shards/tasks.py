@@ -35,6 +35,7 @@ def import_staged_uploads(alias: str) -> int:
             batch=settings.IMPORT_BATCH_UPLOADS,
             budget_seconds=settings.IMPORT_BUDGET_SECONDS,
             pause_seconds=settings.IMPORT_PAUSE_SECONDS,
+            max_readings=settings.IMPORT_CLAIM_READINGS,
         )
 
     try:

@@ -39,7 +39,7 @@ def test_one_claim_imports_many_devices_uploads_in_one_statement(shards):
             store_staged(device.pk, f"b{n}", readings_at(seconds(10 * n, 10 * n + 10)))
 
     with queries_by_alias() as log:
-        assert import_staged_batch("shard_1", 100) == 12
+        assert import_staged_batch("shard_1", 100) == (12, False)
 
     imports = [sql for sql in log["shard_1"] if "jsonb_to_recordset" in sql]
     assert len(imports) == 1
@@ -58,7 +58,7 @@ def test_overlapping_uploads_in_one_claim_store_the_first_staged_and_count_it_th
     store_staged(device.pk, "first", first)
     store_staged(device.pk, "second", second)
 
-    assert import_staged_batch("shard_2", 100) == 2
+    assert import_staged_batch("shard_2", 100) == (2, False)
 
     stored = dict(Upload.objects.for_device(device).values_list("batch_id", "stored_count"))
     assert stored == {"first": 30 * len(METRICS), "second": 20 * len(METRICS)}
@@ -74,12 +74,26 @@ def test_a_claim_takes_the_oldest_uploads_up_to_its_limit(shards):
     for n in range(5):
         store_staged(device.pk, f"b{n}", readings_at(seconds(n, n + 1)))
 
-    assert import_staged_batch("shard_1", 2) == 2
+    assert import_staged_batch("shard_1", 2) == (2, True)
     assert statuses("shard_1") == {
         "b0": "imported", "b1": "imported", "b2": "staged", "b3": "staged", "b4": "staged",
     }  # fmt: skip
 
     assert import_staged("shard_1", batch=2, budget_seconds=60) == (3, False)
+    assert set(statuses("shard_1").values()) == {"imported"}
+
+
+def test_a_claim_stops_at_its_readings_but_always_takes_one(shards):
+    device = make_device(shard="shard_1").device
+    for n in range(4):
+        store_staged(device.pk, f"b{n}", readings_at(seconds(10 * n, 10 * n + 10)))  # 30 each
+
+    assert import_staged_batch("shard_1", 100, max_readings=70) == (2, True)
+    assert statuses("shard_1") == {
+        "b0": "imported", "b1": "imported", "b2": "staged", "b3": "staged",
+    }  # fmt: skip
+    assert import_staged_batch("shard_1", 100, max_readings=10) == (1, True)
+    assert import_staged("shard_1", batch=100, budget_seconds=60, max_readings=70) == (1, False)
     assert set(statuses("shard_1").values()) == {"imported"}
 
 
@@ -101,7 +115,7 @@ def test_a_bad_upload_in_a_claim_fails_alone(shards):
         "value": 2}, {"ts": "never", "metric": "temp", "value": 3}]'::jsonb""",
     )
 
-    assert import_staged_batch("shard_1", 100) == 3
+    assert import_staged_batch("shard_1", 100) == (3, False)
 
     assert statuses("shard_1") == {"b0": "imported", "b1": "failed", "b2": "imported"}
     assert "timestamp" in Upload.objects.for_device(device).get(batch_id="b1").error
@@ -139,7 +153,7 @@ def test_a_claim_skips_devices_the_shard_does_not_serve_or_a_mover_holds(shards)
     release = threading.Event()
     hold_fence_as_a_mover("shard_1", held.pk, release)
     try:
-        assert import_staged_batch("shard_1", 100) == 1
+        assert import_staged_batch("shard_1", 100).imported == 1
     finally:
         release.set()
 
@@ -149,7 +163,7 @@ def test_a_claim_skips_devices_the_shard_does_not_serve_or_a_mover_holds(shards)
     assert [status(d) for d in (served, moved, fenced, held)] == [
         "imported", "staged", "staged", "staged",
     ]  # fmt: skip
-    wait_until(lambda: import_staged_batch("shard_1", 100) == 1, what="the lock to go")
+    wait_until(lambda: import_staged_batch("shard_1", 100).imported == 1, what="the lock to go")
     assert [status(d) for d in (moved, fenced, held)] == ["staged", "staged", "imported"]
 
 
