@@ -45,6 +45,8 @@ from core import local_cluster  # noqa: E402
 
 BENCH_BROKER_DB = int(os.environ.get("BENCH_BROKER_DB", "15"))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "core.settings")
+# The cluster's own broker, for its worker and beat when the bench starts them again.
+CLUSTER_BROKER_URL = os.environ.get("CELERY_BROKER_URL")
 os.environ["CELERY_BROKER_URL"] = local_cluster.redis_url(BENCH_BROKER_DB)
 
 import django  # noqa: E402
@@ -125,7 +127,10 @@ def ingest_path(
         assert staged.created, number
     staged_at = time.perf_counter()
     imported, left = import_staged(
-        alias, batch=settings.IMPORT_BATCH_UPLOADS, budget_seconds=float("inf")
+        alias,
+        batch=settings.IMPORT_BATCH_UPLOADS,
+        budget_seconds=float("inf"),
+        max_readings=settings.IMPORT_CLAIM_READINGS,
     )
     imported_at = time.perf_counter()
     release_kick(alias)  # as the task does: the kicks above are answered
@@ -231,8 +236,17 @@ def cluster_celery_paused():
     try:
         yield
     finally:
-        for process in stopped:
-            process.ensure_running()
+        # They inherit this process's environment: give them the cluster's broker back.
+        bench_broker = os.environ["CELERY_BROKER_URL"]
+        if CLUSTER_BROKER_URL is None:
+            del os.environ["CELERY_BROKER_URL"]
+        else:
+            os.environ["CELERY_BROKER_URL"] = CLUSTER_BROKER_URL
+        try:
+            for process in stopped:
+                process.ensure_running()
+        finally:
+            os.environ["CELERY_BROKER_URL"] = bench_broker
 
 
 def median(phases: list[Phase]) -> Phase:
