@@ -214,10 +214,17 @@ def write_for_device(device: object, write: Callable[[str], T], *, deleting: boo
 # to the new owner, and a read during the fenced window waits as a writer does. So a
 # write that completed before a read began is always visible to it.
 
-SERVED_SQL = (
-    f"EXISTS (SELECT 1 FROM {FENCE_TABLE} served WHERE served.device_id = %s"
-    f" AND served.state IN ({literal_list(DeviceFence.SERVING)}))"
-)
+
+def served_device_sql(device: str) -> str:
+    """SQL that is true when this shard serves the device in `device` (a column, or %s)
+    right now: not one a mover holds fenced, not one moved away. One index probe."""
+    return (
+        f"EXISTS (SELECT 1 FROM {FENCE_TABLE} served WHERE served.device_id = {device}"
+        f" AND served.state IN ({literal_list(DeviceFence.SERVING)}))"
+    )
+
+
+SERVED_SQL = served_device_sql("%s")
 
 
 def served(state: str | None) -> bool:
@@ -303,16 +310,6 @@ def held_devices(alias: str) -> QuerySet:
 def knows_any_device(alias: str) -> bool:
     """Whether the shard has a fence row for any device (held, moved away or pending)."""
     return DeviceFence.objects.on_shard(alias).exists()
-
-
-def served_device_sql(device_column: str) -> str:
-    """SQL that is true when this shard serves writes for the device in `device_column`
-    right now (not one a mover holds fenced): work on many devices claims rows of these
-    only, then locks their fences. One index probe per row, whatever the fleet's size."""
-    return (
-        f"EXISTS (SELECT 1 FROM {FENCE_TABLE} f WHERE f.device_id = {device_column}"
-        f" AND f.state IN ({literal_list(DeviceFence.SERVING)}))"
-    )
 
 
 def has_no_fence_sql(device_column: str) -> str:
