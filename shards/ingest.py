@@ -71,9 +71,11 @@ IMPORT_UPLOADS = f"""
         ORDER BY device_id, metric, ts, upload_id, position
         ON CONFLICT (device_id, metric, ts) DO NOTHING
         RETURNING device_id, metric, ts
+    ), complete AS (
+        SELECT (SELECT count(*) FROM readings) = (SELECT count(*) FROM batch) AS all_stored
     ), stored AS (
         SELECT upload_id, count(*) AS readings FROM batch
-        WHERE (SELECT count(*) FROM readings) = (SELECT count(*) FROM batch)
+        WHERE (SELECT all_stored FROM complete)
         GROUP BY upload_id
         UNION ALL
         SELECT firsts.upload_id, count(*)
@@ -82,7 +84,7 @@ IMPORT_UPLOADS = f"""
             FROM batch
             ORDER BY device_id, metric, ts, upload_id, position
         ) firsts JOIN readings USING (device_id, metric, ts)
-        WHERE (SELECT count(*) FROM readings) <> (SELECT count(*) FROM batch)
+        WHERE NOT (SELECT all_stored FROM complete)
         GROUP BY firsts.upload_id
     ), newest AS (
         SELECT device_id, metric, max(ts) AS ts FROM batch GROUP BY device_id, metric
@@ -355,6 +357,7 @@ def import_staged_batch(alias: str, limit: int, max_readings: int | None = None)
     and its uploads are then imported one by one.
     """
     owned: list[CheckedUpload] = []
+    full = False
     try:
         with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
             cursor.execute(
