@@ -97,16 +97,25 @@ class CpuMeter:
         self.seconds = time.monotonic() - self.started
         self.busy = self._busy() - self.busy0
 
+    @property
+    def share(self) -> float:
+        """How busy all cores were together, 0 to 1."""
+        return self.busy / self.seconds / os.cpu_count()
+
+
+def history(out_dir: Path, name: str) -> list[dict[str, str]]:
+    """`name`'s rows of Locust's stats history (one a second), oldest first."""
+    import csv
+
+    with (out_dir / "locust_stats_history.csv").open() as handle:
+        return [row for row in csv.DictReader(handle) if row["Name"] == name]
+
 
 def steady_rps(out_dir: Path, name: str, warmup: float = 3.0) -> float:
     """Requests/s of `name` after the warm-up (enrolment) until the end, from the history."""
-    import csv
-
-    points = []
-    with (out_dir / "locust_stats_history.csv").open() as handle:
-        for row in csv.DictReader(handle):
-            if row["Name"] == name:
-                points.append((int(row["Timestamp"]), int(row["Total Request Count"])))
+    points = [
+        (int(row["Timestamp"]), int(row["Total Request Count"])) for row in history(out_dir, name)
+    ]
     points = [p for p in points if p[1] > 0]
     if len(points) < 2:
         return 0.0
@@ -118,10 +127,7 @@ def steady_rps(out_dir: Path, name: str, warmup: float = 3.0) -> float:
 def steady_p99(out_dir: Path, name: str) -> float:
     """`name`'s p99 over Locust's last window (its history's last row: the final 10 s),
     which leaves the devices' enrolment storm at the start out."""
-    import csv
-
-    with (out_dir / "locust_stats_history.csv").open() as handle:
-        rows = [row for row in csv.DictReader(handle) if row["Name"] == name]
+    rows = history(out_dir, name)
     return float(rows[-1]["99%"]) if rows else 0.0
 
 
@@ -184,6 +190,7 @@ class Suite:
         summary = verify_run(result, self.cluster_json, wait=300)
         self.verified_ok &= summary["ok"]
         upload = result.row("upload")
+        upload_name = next(n for n in result.rows if "upload" in n)  # "upload (N readings)"
         figures = {
             "batch": batch,
             "concurrency": users,
@@ -193,7 +200,7 @@ class Suite:
             "failed_requests": result.failures,
             "failed_uploads": upload["failures"],
             "failure_reasons": failure_reasons(out_dir),
-            "uploads_per_s": steady_rps(out_dir, next(n for n in result.rows if "upload" in n)),
+            "uploads_per_s": steady_rps(out_dir, upload_name),
             "readings_per_s": 0.0,
             "p50_ms": upload["p50_ms"],
             "p95_ms": upload["p95_ms"],
@@ -201,16 +208,14 @@ class Suite:
             "max_ms": upload["max_ms"],
             "locust_cpu_s": round(result.cpu_seconds, 2),
             "locust_cpu_share_of_one_core": round(result.cpu_share, 3),
-            "machine_cpu_busy_of_all_cores": round(cpu.busy / cpu.seconds / os.cpu_count(), 3),
+            "machine_cpu_busy_of_all_cores": round(cpu.share, 3),
             "verified": {k: summary[k] for k in ("ok", "devices", "acknowledged", "stored")},
             "reports": str(out_dir.relative_to(ROOT)),
         }
         figures["readings_per_s"] = figures["uploads_per_s"] * batch
         if interval:
             figures["offered_uploads_per_s"] = users / interval
-            figures["steady_p99_ms"] = steady_p99(
-                out_dir, next(n for n in result.rows if "upload" in n)
-            )
+            figures["steady_p99_ms"] = steady_p99(out_dir, upload_name)
         if summary["failed"]:
             figures["verify_failures"] = summary["failed"][:10]
         self.runs[key] = figures
@@ -229,7 +234,7 @@ class Suite:
         while time.monotonic() - started < SETTLE_MAX_SECONDS:
             with CpuMeter() as cpu:
                 time.sleep(2)
-            if cpu.busy / cpu.seconds / os.cpu_count() < SETTLED_CPU_SHARE:
+            if cpu.share < SETTLED_CPU_SHARE:
                 break
         waited = time.monotonic() - started
         if waited > 2.5:
@@ -253,7 +258,7 @@ class Suite:
             "requests": row["requests"],
             "failed_requests": row["failures"],
             "locust_cpu_share_of_one_core": round(result.cpu_share, 3),
-            "machine_cpu_busy_of_all_cores": round(cpu.busy / cpu.seconds / os.cpu_count(), 3),
+            "machine_cpu_busy_of_all_cores": round(cpu.share, 3),
         }
         self.log(f"  {figures['requests_per_s']:.0f} requests/s, p99 {figures['p99_ms']:.0f} ms")
         return figures
@@ -534,7 +539,7 @@ class Suite:
         results: dict = {"started": self.stamp, "machine": machine(), "config": vars(self.args)}
         with CpuMeter() as idle:  # what else keeps the machine busy before any load
             time.sleep(3)
-        results["machine"]["busy_before_load"] = round(idle.busy / idle.seconds / os.cpu_count(), 3)
+        results["machine"]["busy_before_load"] = round(idle.share, 3)
         results["config"] = {k: str(v) for k, v in results["config"].items()}
         c = self.args.concurrency
         for batch in (1, 100):
