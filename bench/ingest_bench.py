@@ -26,8 +26,6 @@ import argparse
 import contextlib
 import io
 import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -65,6 +63,7 @@ from routers.registry import refresh_registry  # noqa: E402
 from shards.import_queue import release_kick  # noqa: E402
 from shards.ingest import import_staged, stage_upload  # noqa: E402
 from shards.models import DeviceFence, DeviceStatus, LatestValue, Reading, Upload  # noqa: E402
+from tests.worker import CeleryWorker  # noqa: E402
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TARGET_RATIO = 0.50
@@ -73,7 +72,6 @@ STAGE = "stage_upload"
 IMPORT = "import_staged"
 WHOLE = "stage + import (the ingest path)"
 WORKER = "a Celery worker (2 processes) importing the queued uploads"
-WORKER_READY_SECONDS = 60
 WORKER_DEVICES = 8
 
 
@@ -149,29 +147,16 @@ def worker_drain(alias: str, devices: list[int], readings: list[dict], batch_siz
         device_id = devices[number % len(devices)]
         stage_upload(device_id, f"bench-worker-{number}", readings[start : start + batch_size])
     staged = Upload.objects.on_shard(alias).filter(device_id__in=devices, status="staged")
-    log_path = local_cluster.VAR_DIR / "log" / "bench-worker.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_path.write_text("")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "core", "worker", "--pool=prefork",
-         "--concurrency=2", "--loglevel=INFO", "--without-gossip", "--without-mingle",
-         f"--logfile={log_path}"],
-        cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    # The tests' worker process, on this process's broker (the bench's own database).
+    worker = CeleryWorker(log_path=local_cluster.VAR_DIR / "log" / "bench-worker.log")
+    worker.start()  # returns once the worker is ready
     try:
-        deadline = time.monotonic() + WORKER_READY_SECONDS
-        while " ready." not in log_path.read_text(errors="replace"):
-            if worker.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the bench's worker did not start; see {log_path}")
-            time.sleep(0.05)
         started = time.perf_counter()
         while staged.exists():
             time.sleep(0.02)
         seconds = time.perf_counter() - started
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(timeout=30)
+        worker.stop()
     return Phase(len(readings), seconds)
 
 
