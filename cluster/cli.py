@@ -14,16 +14,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import psycopg2
+
 from cluster import celery_procs, extra_shards, state
 from cluster.appnodes import AppNode, app_nodes
 from cluster.django_steps import add_extra_shard, run_django_steps
 from cluster.haproxy import HAProxy
+from cluster.pgbouncer import Pooler
 from cluster.ports import bindable, port_in_use
 from cluster.postgres import PostgresInstance
 from cluster.redis import RedisInstance
 from cluster.simulate import simulate
 from cluster.util import ClusterError
 from core import local_cluster as lc
+from core.pooler import NoPooler
 
 EXIT_NOT_ALL_UP = 3
 STATS_USER = "fleet"
@@ -69,6 +73,11 @@ def postgres_instances() -> list[tuple[PostgresInstance, str]]:
         if shard.alias not in known:
             instances.append((extra_shards.instance(shard, var_dir()), shard.db))
     return instances
+
+
+def pooler_for(instance: PostgresInstance) -> Pooler:
+    """The PgBouncer in front of `instance`, through which every process reaches it."""
+    return Pooler(instance.name, instance.port, var_dir())
 
 
 def recorded_extra_shards() -> dict[str, extra_shards.ExtraShard]:
@@ -123,7 +132,8 @@ def haproxy_instance(data: dict[str, Any]) -> HAProxy:
 
 
 def _endpoint(port: int, dbname: str) -> dict[str, Any]:
-    return {"host": lc.HOST, "port": port, "db": dbname}
+    """`port` is the PostgreSQL server's own; processes use `pooler_port`."""
+    return {"host": lc.HOST, "port": port, "pooler_port": lc.pooler_port(port), "db": dbname}
 
 
 def _site_urls(haproxy: HAProxy) -> dict[str, Any]:
@@ -146,10 +156,13 @@ def up() -> int:
     for instance, dbname in postgres_instances():
         started = instance.ensure_running()
         created = instance.create_database(dbname)
+        pooler = pooler_for(instance)
+        pooled = pooler.ensure_running()
         print(
             f"  {instance.name:<10} {lc.HOST}:{instance.port}  "
             f"{'started' if started else 'already running'}, database {dbname}"
-            f"{' created' if created else ''}",
+            f"{' created' if created else ''}; pgbouncer {lc.HOST}:{pooler.port} "
+            f"{'started' if pooled else 'already running'} (pool size {pooler.pool_size})",
             flush=True,
         )
     print("redis:")
@@ -247,9 +260,11 @@ def _print_summary(data: dict[str, Any]) -> None:
     print()
     print("Local cluster is up:")
     directory = data["directory"]
-    print(f"  directory  postgres {directory['host']}:{directory['port']}/{directory['db']}")
-    for alias, shard in data["shards"].items():
-        print(f"  {alias:<10} postgres {shard['host']}:{shard['port']}/{shard['db']}")
+    for name, where in [("directory", directory), *data["shards"].items()]:
+        print(
+            f"  {name:<10} pgbouncer {where['host']}:{lc.pooler_port(where['port'])}/{where['db']}"
+            f" (postgres :{where['port']})"
+        )
     print(f"  redis      {data['redis']}")
     print(f"  DB login   {lc.DB_USER} / {lc.DB_PASSWORD}")
     for node_url in data.get("app_nodes") or []:
@@ -312,6 +327,11 @@ def down() -> int:
         print(f"stopped redis (pid {pid})")
         stopped += 1
     for instance in _all_postgres_instances():
+        pooler = pooler_for(instance)
+        pid = pooler.pid()
+        if pooler.stop():
+            print(f"stopped pgbouncer {instance.name} (pid {pid})")
+            stopped += 1
         pid = instance.pid()
         if instance.stop():
             print(f"stopped postgres {instance.name} (pid {pid})")
@@ -327,11 +347,22 @@ def down() -> int:
 def status() -> int:
     """One row per component; exit 3 unless every component answers."""
     rows: list[tuple[str, str, str, str, str]] = []
-    for instance, _ in postgres_instances():
+    pools: list[str] = []
+    for instance, dbname in postgres_instances():
         pid = instance.pid()
         port = instance.running_port() or instance.port
         answers = instance.is_ready()
         rows.append((instance.name, "postgres", str(port), str(pid or "-"), _yes(answers)))
+        pooler = pooler_for(instance)
+        pooled = pooler.pid()
+        try:
+            pools.append(f"  {instance.name:<10} {dbname:<18} {pooler.pool(dbname).summary()}")
+            answers = True
+        except (OSError, psycopg2.Error, NoPooler) as exc:
+            pools.append(f"  {instance.name:<10} {dbname:<18} pooler does not answer: {exc}")
+            answers = False
+        row = (instance.name, "pgbouncer", str(pooler.port), str(pooled or "-"), _yes(answers))
+        rows.append(row)
     redis = redis_instance()
     rows.append(
         ("redis", "redis", str(redis.port), str(redis.pid() or "-"), _yes(redis.is_ready()))
@@ -359,6 +390,8 @@ def status() -> int:
         print(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
+    print("pools (PgBouncer, transaction mode; servers = connections to PostgreSQL / cap):")
+    print("\n".join(pools))
     return 0 if all(row[4] == "yes" for row in rows) else EXIT_NOT_ALL_UP
 
 
@@ -371,8 +404,9 @@ def _yes(flag: bool) -> str:
 
 def reserved_ports() -> set[int]:
     """Every port the cluster's own components use, running or not."""
-    ports = {lc.DIRECTORY_PORT, lc.REDIS_PORT, lc.HTTP_PORT, lc.STATS_PORT, *lc.APP_PORTS}
-    return ports | {port for port, _ in lc.SHARDS.values()}
+    servers = {lc.DIRECTORY_PORT, *(port for port, _ in lc.SHARDS.values())}
+    poolers = {lc.pooler_port(port) for port in servers}
+    return servers | poolers | {lc.REDIS_PORT, lc.HTTP_PORT, lc.STATS_PORT, *lc.APP_PORTS}
 
 
 def add_shard(alias: str | None) -> int:
@@ -397,15 +431,22 @@ def add_shard(alias: str | None) -> int:
             registered=extra_shards.registered_shards(directory, directory_db),
             reserved_ports=reserved_ports(),
             base=extra_shards.port_base(),
-            in_use=lambda port: port_in_use(port) or not bindable(port),
+            # A shard's server and its pooler both need their port.
+            in_use=lambda port: any(
+                port_in_use(each) or not bindable(each) or each in reserved_ports()
+                for each in (port, lc.pooler_port(port))
+            ),
         )
         print("postgres:")
         instance = extra_shards.instance(shard, var_dir())
         started = instance.ensure_running()
+        pooler = pooler_for(instance)
+        pooled = pooler.ensure_running()
         print(
             f"  {shard.alias:<10} {lc.HOST}:{shard.port}  "
             f"{'started' if started else 'already running'}"
-            f"{' (new instance)' if new else ''}, data {shown(instance.data_dir)}",
+            f"{' (new instance)' if new else ''}, data {shown(instance.data_dir)}; pgbouncer"
+            f" {lc.HOST}:{pooler.port} {'started' if pooled else 'already running'}",
             flush=True,
         )
         if new:
@@ -418,7 +459,8 @@ def add_shard(alias: str | None) -> int:
 
         print("django:", flush=True)
         try:
-            add_extra_shard(shard.alias, shard.port, shard.db, var_dir() / "log" / "manage.log")
+            port = lc.client_port(shard.port)
+            add_extra_shard(shard.alias, port, shard.db, var_dir() / "log" / "manage.log")
         except ClusterError as exc:
             raise ClusterError(
                 f"{exc}\n{shard.alias} runs but is not registered; "
@@ -426,7 +468,8 @@ def add_shard(alias: str | None) -> int:
             ) from exc
     print()
     print(
-        f"{shard.alias} is active at {lc.HOST}:{shard.port}/{shard.db}. App nodes and workers "
+        f"{shard.alias} is active at {lc.HOST}:{port}/{shard.db} (PostgreSQL on :{shard.port},"
+        f" its pooler on :{pooler.port}). App nodes and workers "
         "use it within SHARD_REGISTRY_TTL seconds (default 5), without a restart."
     )
     print("See it: .venv/bin/python manage.py cluster_status")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from cluster.util import ClusterError, tail
-from core.local_cluster import DB_PASSWORD, DB_USER, HOST, REPO_ROOT, SHARDS
+from core.local_cluster import DB_PASSWORD, DB_USER, HOST, REPO_ROOT, SHARDS, client_port
 
 STEP_TIMEOUT = 900
 
@@ -98,7 +98,8 @@ def run_django_steps(
                 [
                     "add_shard",
                     alias,
-                    *("--host", HOST, "--port", str(port), "--db-name", dbname),
+                    # At its pooler (FLEET_POOLER=off: the server): where processes reach it.
+                    *("--host", HOST, "--port", str(client_port(port)), "--db-name", dbname),
                     *("--user", DB_USER, "--password", DB_PASSWORD),
                 ],
                 log,
@@ -129,6 +130,7 @@ def run_django_steps(
 def add_extra_shard(alias: str, port: int, dbname: str, log_file: Path) -> None:
     """Create, migrate and register an extra shard's database; its output is shown indented.
 
+    `port` is the shard's pooler, where every process will reach it.
     No login is passed: the registry row then names none, and every process uses
     SHARD_DEFAULT_USER/PASSWORD, the local cluster's login.
     """

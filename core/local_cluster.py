@@ -26,19 +26,43 @@ SHARDS = {
     "shard_2": (int(os.environ.get("FLEET_SHARD_2_PORT", "55434")), "fleet_shard_2"),
 }
 
+# PgBouncer (transaction pooling) in front of each PostgreSQL instance: every process
+# reaches a database through it, at the server's port plus this offset.
+POOLER_PORT_OFFSET = int(os.environ.get("FLEET_POOLER_PORT_OFFSET", "2000"))
+# Server connections each pooler opens per database, at most, however many clients.
+POOL_SIZE = int(os.environ.get("FLEET_POOL_SIZE", "20"))
+# FLEET_POOLER=off: Django processes connect to the directory and the configured shards
+# directly (the poolers still run); for measuring what the pooler costs (make bench).
+POOLED = os.environ.get("FLEET_POOLER", "on") != "off"
+
 REDIS_PORT = int(os.environ.get("FLEET_REDIS_PORT", "56379"))
 
 # The app tier: HAProxy's frontend for devices and browsers, its stats page, and one
 # uWSGI node per port behind it (FLEET_APP_PORTS is a comma-separated list).
 HTTP_PORT = int(os.environ.get("FLEET_HTTP_PORT", "8000"))
 STATS_PORT = int(os.environ.get("FLEET_STATS_PORT", "8404"))
+# Each node's uWSGI worker processes (0: one per CPU core) and threads per process.
+APP_PROCESSES = int(os.environ.get("FLEET_APP_PROCESSES", "0"))
+APP_THREADS = int(os.environ.get("FLEET_APP_THREADS", "4"))
 APP_PORTS = [
     int(port) for port in os.environ.get("FLEET_APP_PORTS", "8001,8002").split(",") if port.strip()
 ]
 
 
+def pooler_port(server_port: int) -> int:
+    """Where the pooler in front of the PostgreSQL instance on `server_port` listens."""
+    return server_port + POOLER_PORT_OFFSET
+
+
+def client_port(server_port: int) -> int:
+    """Where Django processes reach the PostgreSQL instance on `server_port`."""
+    return pooler_port(server_port) if POOLED else server_port
+
+
 def directory_url() -> str:
-    return f"postgres://{DB_USER}:{DB_PASSWORD}@{HOST}:{DIRECTORY_PORT}/{DIRECTORY_DB}"
+    """The directory as every process reaches it: through its pooler."""
+    port = client_port(DIRECTORY_PORT)
+    return f"postgres://{DB_USER}:{DB_PASSWORD}@{HOST}:{port}/{DIRECTORY_DB}"
 
 
 def redis_url(db: int = 0) -> str:

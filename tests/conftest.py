@@ -37,19 +37,38 @@ TRUNCATE_ATTEMPTS = 5
 STATIC_TABLES = {"django_migrations", "django_content_type", "auth_permission"}
 
 
+def on_server(alias: str, statement: str) -> None:
+    """Run one statement outside any database (DROP/CREATE DATABASE) on `alias`'s server."""
+    admin = connections[alias].get_connection_params()
+    admin.pop("cursor_factory", None)
+    admin["dbname"] = "postgres"
+    with closing(psycopg2.connect(**admin)) as connection:
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute(statement)
+
+
+def drop_test_databases(aliases: set[str]) -> None:
+    """Drop the test databases WITH (FORCE): the pooler in front of each server may still
+    hold idle server connections to them, which would make a plain DROP DATABASE fail
+    (Django's own teardown, or its re-creation after an interrupted run)."""
+    for alias in aliases:
+        name = connections.settings[alias]["TEST"]["NAME"]
+        on_server(alias, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="session")
 def django_db_setup(django_test_environment, django_db_blocker):
-    from django.test.utils import setup_databases, teardown_databases
+    from django.test.utils import setup_databases
 
     aliases = {"default", *TEST_SHARDS}
     with django_db_blocker.unblock():
-        config = setup_databases(
-            verbosity=0, interactive=False, aliases=aliases, serialized_aliases=set()
-        )
+        drop_test_databases(aliases)
+        setup_databases(verbosity=0, interactive=False, aliases=aliases, serialized_aliases=set())
     yield
     with django_db_blocker.unblock():
         connections.close_all()
-        teardown_databases(config, verbosity=0)
+        drop_test_databases(aliases)
 
 
 def location_of(alias: str) -> ShardLocation:
@@ -113,22 +132,12 @@ def third_shard_location(django_db_setup, django_db_blocker) -> Iterator[ShardLo
     """
     first = location_of(TEST_SHARDS[0])
     name = f"{first.db_name}_3"
-    admin = connections[TEST_SHARDS[0]].get_connection_params()
-    admin.pop("cursor_factory", None)
-    admin["dbname"] = "postgres"
-
-    def server(statement: str) -> None:
-        with closing(psycopg2.connect(**admin)) as connection:
-            connection.autocommit = True
-            with connection.cursor() as cursor:
-                cursor.execute(statement)
-
-    server(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    server(f'CREATE DATABASE "{name}"')
+    on_server(TEST_SHARDS[0], f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    on_server(TEST_SHARDS[0], f'CREATE DATABASE "{name}"')
     yield ShardLocation(host=first.host, port=first.port, db_name=name)
     with django_db_blocker.unblock():
         unregister_shard_connection(THIRD_SHARD)
-    server(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        on_server(TEST_SHARDS[0], f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

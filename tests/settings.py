@@ -21,7 +21,7 @@ for _alias, (_port, _db_name) in local_cluster.SHARDS.items():
     DATABASES[_alias] = {
         **DATABASES["default"],
         "NAME": _db_name,
-        "PORT": str(_port),
+        "PORT": str(local_cluster.client_port(_port)),
         "TEST": {"NAME": f"test_{_db_name}{SUFFIX}"},
     }
 

@@ -345,7 +345,12 @@ def test_up_manages_recorded_extra_shards_and_nothing_else(monkeypatch, tmp_path
     before = [(instance.name, instance.port, db) for instance, db in cli.postgres_instances()]
     assert [name for name, _, _ in before] == ["directory", *local_cluster.SHARDS]
     assert cli.shard_endpoints() == {
-        alias: {"host": local_cluster.HOST, "port": port, "db": db}
+        alias: {
+            "host": local_cluster.HOST,
+            "port": port,
+            "pooler_port": local_cluster.pooler_port(port),
+            "db": db,
+        }
         for alias, (port, db) in local_cluster.SHARDS.items()
     }
 
@@ -363,6 +368,7 @@ def test_up_manages_recorded_extra_shards_and_nothing_else(monkeypatch, tmp_path
     assert cli.shard_endpoints()["shard_3"] == {
         "host": local_cluster.HOST,
         "port": 55435,
+        "pooler_port": local_cluster.pooler_port(55435),
         "db": "fleet_shard_3",
     }
 

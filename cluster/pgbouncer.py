@@ -1,0 +1,174 @@
+"""PgBouncer in front of one loopback PostgreSQL instance, in transaction-pooling mode.
+
+Each PostgreSQL instance of the local cluster gets a pooler of its own, as each
+database host does in the Ansible deployment: `[databases]` is a wildcard, so every
+database on that server (the cluster's, the tests' `test_*` ones, a shard created
+later) is pooled, each with at most POOL_SIZE server connections however many
+clients connect. Its files live in var/pgbouncer/<name>.*; as root it runs as the
+postgres OS user (PgBouncer, like PostgreSQL, refuses root).
+"""
+
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import psycopg2
+
+from cluster.ports import port_in_use
+from cluster.postgres import as_server_user, give_to_server_user, prepare_server_dir
+from cluster.util import ClusterError, pid_alive, read_pid, run, tail, wait_for
+from core.local_cluster import DB_PASSWORD, DB_USER, HOST, POOL_SIZE, pooler_port
+from core.pooler import PoolFigures, read_pool
+
+START_TIMEOUT = 15
+# Clients one pooler accepts: every uWSGI thread and Celery process of a scaled-up app
+# tier, with room; each costs PgBouncer a file descriptor and a few kB, not a server.
+MAX_CLIENT_CONN = 4000
+QUERY_WAIT_TIMEOUT = 20
+
+
+def pgbouncer_binary() -> str:
+    found = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    if not Path(found).exists():
+        raise ClusterError("pgbouncer not found; run bin/bootstrap")
+    return found
+
+
+class Pooler:
+    """The pooler named `name` in front of the PostgreSQL instance on `server_port`."""
+
+    def __init__(
+        self, name: str, server_port: int, var: Path, *, pool_size: int = POOL_SIZE
+    ) -> None:
+        self.name = name
+        self.server_port = server_port
+        self.port = pooler_port(server_port)
+        self.dir = Path(var).absolute() / "pgbouncer"
+        self.pool_size = pool_size
+
+    def __repr__(self) -> str:
+        return f"Pooler(name={self.name!r}, port={self.port}, server_port={self.server_port})"
+
+    @property
+    def ini_file(self) -> Path:
+        return self.dir / f"{self.name}.ini"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.dir / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.dir / f"{self.name}.log"
+
+    @property
+    def users_file(self) -> Path:
+        return self.dir / f"{self.name}.users"
+
+    def _marker(self) -> str:
+        """The config path on the command line: only this checkout's pooler has it."""
+        return os.path.realpath(self.ini_file)
+
+    def pid(self) -> int | None:
+        pid = read_pid(self.pid_file)
+        return pid if pid is not None and pid_alive(pid, self._marker()) else None
+
+    def is_ready(self) -> bool:
+        try:
+            self.pool("pgbouncer")
+        except (psycopg2.Error, ClusterError):
+            return False
+        return True
+
+    def pool(self, dbname: str) -> PoolFigures:
+        """The pool figures of `dbname` (its clients, server connections, waiting)."""
+        params = {"host": HOST, "port": self.port, "user": DB_USER, "password": DB_PASSWORD}
+        return read_pool(params, dbname)
+
+    def _config(self) -> str:
+        real = os.path.realpath
+        lines = [
+            "; Written by `python -m cluster up` on every start; edits are overwritten.",
+            "[databases]",
+            f"* = host={HOST} port={self.server_port}",
+            "",
+            "[pgbouncer]",
+            f"listen_addr = {HOST}",
+            f"listen_port = {self.port}",
+            "unix_socket_dir =",
+            f"pidfile = {real(self.pid_file)}",
+            f"logfile = {real(self.log_file)}",
+            "auth_type = scram-sha-256",
+            f"auth_file = {real(self.users_file)}",
+            # Transaction pooling: a server connection serves one transaction at a time,
+            # so no session state (session advisory locks, SET, server-side cursors
+            # outside a transaction) may be relied upon; docs/operations.md.
+            "pool_mode = transaction",
+            f"default_pool_size = {self.pool_size}",
+            f"max_db_connections = {self.pool_size}",
+            "reserve_pool_size = 0",
+            f"max_client_conn = {MAX_CLIENT_CONN}",
+            f"stats_users = {DB_USER}",
+            # A server that went away is tried again after a second, not PgBouncer's 15:
+            # until then clients get "cannot connect to server" at once (the app's 503).
+            "server_login_retry = 1",
+            "server_connect_timeout = 5",
+            # A client queued this long for a server connection gets an error instead of
+            # waiting out the request's own timeout (uWSGI's harakiri, 30 s).
+            f"query_wait_timeout = {QUERY_WAIT_TIMEOUT}",
+            # JDBC and some drivers send it; harmless to accept.
+            "ignore_startup_parameters = extra_float_digits",
+            "log_connections = 0",
+            "log_disconnections = 0",
+            "",
+        ]
+        return "\n".join(lines)
+
+    def ensure_running(self) -> bool:
+        """Start the pooler unless ours answers. Returns True if it started it now."""
+        if self.pid() is not None:
+            if wait_for(self.is_ready, timeout=START_TIMEOUT):
+                return False
+            raise ClusterError(
+                f"{self.name} pooler: pid {self.pid()} does not answer on port {self.port};"
+                f" check {self.log_file}"
+            )
+        if port_in_use(self.port, HOST):
+            raise ClusterError(
+                f"{self.name} pooler: port {self.port} on {HOST} is taken by something that"
+                " is not this cluster's PgBouncer (set FLEET_POOLER_PORT_OFFSET to move every"
+                " pooler)"
+            )
+        # The pooler writes its pid and log file here.
+        give_to_server_user(prepare_server_dir(self.dir))
+        self.pid_file.unlink(missing_ok=True)  # stale: its process is gone
+        self.users_file.write_text(f'"{DB_USER}" "{DB_PASSWORD}"\n')
+        self.users_file.chmod(0o600)
+        self.ini_file.write_text(self._config())
+        for path in (self.users_file, self.ini_file):
+            give_to_server_user(path)
+        proc = run(
+            as_server_user([pgbouncer_binary(), "-d", self._marker()]),
+            what=f"{self.name} pooler: start",
+            cwd="/",
+            check=False,
+        )
+        if proc.returncode != 0 or not wait_for(self.is_ready, timeout=START_TIMEOUT):
+            raise ClusterError(
+                f"{self.name} pooler: did not start on port {self.port} (exit"
+                f" {proc.returncode}). {proc.stderr.strip()}\nLast lines of {self.log_file}:\n"
+                f"{tail(self.log_file)}"
+            )
+        return True
+
+    def stop(self) -> bool:
+        """Immediate shutdown (SIGTERM). Returns True if it was running."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGTERM)
+        if not wait_for(lambda: not pid_alive(pid, self._marker()), timeout=30):
+            raise ClusterError(f"{self.name} pooler: pid {pid} did not exit within 30s")
+        self.pid_file.unlink(missing_ok=True)
+        return True
