@@ -135,6 +135,17 @@ def ensure_shard_connection(alias: str) -> None:
         raise UnknownShard(f"shard {alias!r} is not registered (or is retired)")
 
 
+def own_connection_params(alias: str) -> dict[str, Any]:
+    """psycopg2 keywords for a connection of the caller's own to `alias` (the directory or
+    a shard, looked up in the registry if need be), beside Django's per-thread ones: for
+    COPY between servers, a lock held by a transaction kept open, the pooler's console."""
+    if alias != DIRECTORY_ALIAS:
+        ensure_shard_connection(alias)
+    params = connections[alias].get_connection_params()
+    params.pop("cursor_factory", None)
+    return params
+
+
 def serving_shards(*, fresh: bool = False) -> list[str]:
     """Shards that hold data (active or draining): the targets of cross-shard reads.
 

@@ -1,6 +1,6 @@
 """One analysis run of one shard: rollups, anomaly rules, offline, expiry, retention.
 
-A run holds a session advisory lock on the shard's own database, so two runs
+A run holds an advisory lock on the shard's own database (shards.advisory), so two runs
 of one shard never overlap (the second skips; beat queues another soon). Each
 step works in short transactions of its own and takes the fences of the devices
 it touches through lock_owned_devices, so a device a move holds is skipped and
@@ -16,9 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from django.db import connections
-
-from routers.registry import ensure_shard_connection
+from shards.advisory import holding
 from shards.analysis.buckets import MinuteBucket
 from shards.analysis.expiry import expire_commands
 from shards.analysis.offline import detect_offline
@@ -28,7 +26,7 @@ from shards.analysis.rules import evaluate_rules
 
 logger = logging.getLogger(__name__)
 
-# pg_try_advisory_lock(namespace, 0) on the shard: apart from the move (7401) and
+# The lock (namespace, 0) on the shard: apart from the move (7401) and
 # rebalance (7402) namespaces, which live on the directory.
 ANALYSIS_LOCK_NAMESPACE = 7411
 
@@ -36,16 +34,8 @@ ANALYSIS_LOCK_NAMESPACE = 7411
 @contextmanager
 def shard_run_lock(alias: str) -> Iterator[bool]:
     """Hold the shard's analysis lock for the block; yields False if another run has it."""
-    ensure_shard_connection(alias)
-    with connections[alias].cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s, 0)", [ANALYSIS_LOCK_NAMESPACE])
-        acquired = bool(cursor.fetchone()[0])
-    try:
-        yield acquired
-    finally:
-        if acquired:
-            with connections[alias].cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s, 0)", [ANALYSIS_LOCK_NAMESPACE])
+    with holding(alias, ANALYSIS_LOCK_NAMESPACE, 0, holder=f"fleet-analysis {alias}") as held:
+        yield held
 
 
 def analyse_shard(alias: str) -> dict[str, Any]:

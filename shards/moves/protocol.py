@@ -44,6 +44,7 @@ from routers.aliases import DIRECTORY_ALIAS
 from routers.placement import remember_placement
 from routers.registry import ensure_shard_connection
 from routers.silos import shard_apps
+from shards.advisory import holding, lock_holder
 from shards.fence import (
     close_gate,
     fence_state,
@@ -156,25 +157,16 @@ def start_move(
 @contextmanager
 def _job_lock(job: MoveJob) -> Iterator[None]:
     """Hold the job's advisory lock on the directory; a second runner is refused."""
-    with connections[DIRECTORY_ALIAS].cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [MOVE_LOCK_NAMESPACE, job.pk])
-        if not cursor.fetchone()[0]:
+    holder = f"fleet-move job {job.pk} pid {os.getpid()}"
+    with holding(DIRECTORY_ALIAS, MOVE_LOCK_NAMESPACE, job.pk, holder=holder) as acquired:
+        if not acquired:
             raise MoveError(f"move job {job.pk} is being run by another process")
-    try:
         yield
-    finally:
-        with connections[DIRECTORY_ALIAS].cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [MOVE_LOCK_NAMESPACE, job.pk])
 
 
 def is_running_elsewhere(job: MoveJob) -> bool:
-    """True when another live process holds the job's lock (so it is not interrupted)."""
-    with connections[DIRECTORY_ALIAS].cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [MOVE_LOCK_NAMESPACE, job.pk])
-        acquired = cursor.fetchone()[0]
-        if acquired:
-            cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [MOVE_LOCK_NAMESPACE, job.pk])
-    return not acquired
+    """True when a live process holds the job's lock (so it is not interrupted)."""
+    return lock_holder(DIRECTORY_ALIAS, MOVE_LOCK_NAMESPACE, job.pk) is not None
 
 
 # Phases whose record may be lost in a crash: resuming from the phase before redoes an

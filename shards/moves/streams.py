@@ -14,28 +14,18 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg2
-from django.db import connections
 
-from routers.registry import ensure_shard_connection
+from routers.registry import own_connection_params
 
 PIPE_CHUNK = 256 * 1024
-# Both ends render rows the same way, so keys in a verification report compare as text.
-SESSION_SETTINGS = (
-    "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres';"
-    " SET extra_float_digits = 1; SET application_name = 'fleet-mover'"
-)
+# Shown in pg_stat_activity; a connection parameter, so no SET is needed (the pooler
+# hands each transaction to any server connection: session settings would not follow).
+APPLICATION_NAME = "fleet-mover"
 
 
 def raw_connection(alias: str) -> Any:
     """A new psycopg2 connection to a shard, in a transaction-per-call mode."""
-    ensure_shard_connection(alias)
-    params = connections[alias].get_connection_params()
-    params.pop("cursor_factory", None)
-    connection = psycopg2.connect(**params)
-    with connection.cursor() as cursor:
-        cursor.execute(SESSION_SETTINGS)
-    connection.commit()
-    return connection
+    return psycopg2.connect(**own_connection_params(alias), application_name=APPLICATION_NAME)
 
 
 @contextmanager

@@ -12,6 +12,7 @@ during the whole move.
 """
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from shards.moves.capture import changed_rows_sql
@@ -54,8 +55,15 @@ def checksums(cursor: Any, device_id: int, tables: list[DeviceTable]) -> Checksu
     return sums
 
 
+def _text(value: Any) -> str:
+    """A key column as text that does not depend on the session's time zone."""
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.astimezone(UTC).isoformat()
+    return str(value)
+
+
 def _key_text(values: tuple) -> str:
-    return "/".join(str(value) for value in values)
+    return "/".join(_text(value) for value in values)
 
 
 def _row_hashes(connection: Any, device_id: int, table: DeviceTable) -> dict[str, int]:

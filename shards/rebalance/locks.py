@@ -1,37 +1,28 @@
 """Advisory locks on the directory that say which process runs a rebalance or a drain.
 
-Two keys in one namespace, held on a directory connection of the runner's own
-for as long as it works: (namespace, 0) while any rebalance or drain runs, so
-two never run at once; (namespace, run id) while that run is worked on, so a
-run left in state 'running' whose key nobody holds is known to be interrupted
-(PostgreSQL drops a dead session's locks). A connection of its own, not
-Django's, so nothing in the process can close it (and its locks) by accident.
+Two keys in one namespace, held by the runner for as long as it works: (namespace, 0)
+while any rebalance or drain runs, so two never run at once; (namespace, run id) while
+that run is worked on, so a run left in state 'running' whose key nobody holds is known
+to be interrupted (PostgreSQL drops a dead holder's locks). Each is held by a
+transaction of its own on a connection of the runner's own (shards.advisory), so
+nothing in the process can end it by accident, and the pooler cannot split it.
 """
 
 import os
 import socket
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
-from typing import Any
-
-import psycopg2
-from django.db import connections
 
 from core.models import Rebalance
 from routers.aliases import DIRECTORY_ALIAS
+from shards.advisory import HeldLock
+from shards.advisory import lock_holder as advisory_holder
 from shards.moves.protocol import MOVE_LOCK_NAMESPACE
 
 # Next to the move jobs' namespace, never the same: a run id and a job id may be equal.
 RUN_LOCK_NAMESPACE = MOVE_LOCK_NAMESPACE + 1
 ANY_RUN = 0
 ACTIVE_STATES = (Rebalance.State.RUNNING, Rebalance.State.STOPPING)
-
-_HOLDER_SQL = """
-    SELECT coalesce(nullif(a.application_name, ''), 'backend ' || l.pid::text)
-    FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
-    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-      AND l.classid = %s::int::oid AND l.objid = %s::int::oid
-"""
 
 
 class RebalanceBusy(Exception):
@@ -40,10 +31,7 @@ class RebalanceBusy(Exception):
 
 def lock_holder(key: int) -> str | None:
     """Who holds (namespace, key): the holder's application name, or None if nobody."""
-    with connections[DIRECTORY_ALIAS].cursor() as cursor:
-        cursor.execute(_HOLDER_SQL, [RUN_LOCK_NAMESPACE, key])
-        row = cursor.fetchone()
-    return row[0] if row else None
+    return advisory_holder(DIRECTORY_ALIAS, RUN_LOCK_NAMESPACE, key)
 
 
 def running_elsewhere_message() -> str:
@@ -60,40 +48,39 @@ def running_elsewhere_message() -> str:
 
 
 class RunnerLock:
-    """The runner's own directory session, holding its advisory locks until closed."""
+    """The runner's advisory locks, each held until released or closed."""
 
     def __init__(self) -> None:
-        params: dict[str, Any] = connections[DIRECTORY_ALIAS].get_connection_params()
-        params.pop("cursor_factory", None)
-        params["application_name"] = f"fleet-rebalance pid {os.getpid()} on {socket.gethostname()}"
-        self.connection = psycopg2.connect(**params)
-        self.connection.autocommit = True
-        self.claimed: set[int] = set()
+        self.holder = f"fleet-rebalance pid {os.getpid()} on {socket.gethostname()}"
+        self.held: dict[int, HeldLock] = {}
 
     def try_lock(self, key: int) -> bool:
-        with self.connection.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [RUN_LOCK_NAMESPACE, key])
-            return bool(cursor.fetchone()[0])
+        if key in self.held:
+            return True
+        lock = HeldLock(DIRECTORY_ALIAS, RUN_LOCK_NAMESPACE, key, holder=self.holder)
+        if not lock.acquire():
+            return False
+        self.held[key] = lock
+        return True
 
     def unlock(self, key: int) -> None:
-        with self.connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [RUN_LOCK_NAMESPACE, key])
+        lock = self.held.pop(key, None)
+        if lock is not None:
+            lock.release()
 
     def claim(self, run: Rebalance) -> None:
         """Hold the run's own key: from now on the run is not 'interrupted'."""
-        if run.pk in self.claimed:
+        if run.pk in self.held:
             return
         if not self.try_lock(run.pk):
             raise RebalanceBusy(f"{run.kind} {run.pk} is being run by {lock_holder(run.pk)}")
-        self.claimed.add(run.pk)
 
     def release(self, run: Rebalance) -> None:
-        if run.pk in self.claimed:
-            self.unlock(run.pk)
-            self.claimed.discard(run.pk)
+        self.unlock(run.pk)
 
     def close(self) -> None:
-        self.connection.close()
+        for key in list(self.held):
+            self.unlock(key)
 
 
 @contextmanager
