@@ -105,6 +105,9 @@ DATABASES = {
         engine="core.postgres",
     ),
 }
+# Every database is reached through PgBouncer in transaction mode, where a server-side
+# cursor would outlive the transaction (and so the server connection) it was made in.
+DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
 DATABASE_ROUTERS = ["routers.db_router.ShardRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -12,12 +12,14 @@ from django.db import connections
 from django.http import StreamingHttpResponse
 
 from portal.charts import chart_svg
+from portal.views.export import CHUNK_ROWS
 from shards.alerts import raise_alert
 from shards.analysis.rollups import roll_up_shard
 from shards.models import Alert, Command, DeviceFence, LatestValue, Reading
 from shards.series import MAX_POINTS, Bucket, Series, bucket_width, device_series
 from tests import test_portal_support as support
 from tests.factories import T0, mark_for_rollup
+from tests.querylog import queries_by_alias
 from tests.test_portal_support import add_readings, login, parse_html
 
 world = support.world
@@ -170,6 +172,22 @@ def test_csv_export_streams_exactly_the_range(world):
     parsed = [(datetime.fromisoformat(ts), metric, float(value)) for ts, metric, value in rows[1:]]
     assert parsed == list(expected)
     assert parsed[0][0] == datetime(2026, 1, 1, 0, 0, 10, tzinfo=UTC)
+
+
+def test_csv_export_reads_in_pages_of_bounded_size(world):
+    """No cursor outlives its transaction behind the pooler, and memory stays bounded:
+    every read of readings is a query of its own with a LIMIT of one page."""
+    device = world["a1"].device
+    add_readings(device.pk, T0, 2500)  # 5000 rows: two metrics a second
+    client = login(world["x"])
+    with queries_by_alias() as log:
+        answer = client.get(f"/devices/{device.pk}/export.csv", {"start": T0.isoformat(),
+                            "end": (T0 + timedelta(hours=1)).isoformat()})  # fmt: skip
+        body = b"".join(answer.streaming_content).decode()
+    assert len(body.splitlines()) == 1 + 5000
+    pages = [sql for sqls in log.values() for sql in sqls if '"shards_reading"' in sql]
+    assert len(pages) == 3, pages  # 2000 + 2000 + 1000
+    assert all(f"LIMIT {CHUNK_ROWS}" in sql for sql in pages), pages
 
 
 def test_a_sent_command_is_queued_and_listed(world):
