@@ -59,6 +59,7 @@ class ShardAdmin(admin.ModelAdmin):
         "size",
         "reachable",
         "latency",
+        "pool",
         "import_lag",
     )
     list_filter = ("state",)
@@ -110,6 +111,21 @@ class ShardAdmin(admin.ModelAdmin):
     @admin.display(description="latency")
     def latency(self, shard: Shard) -> str:
         return _figure(shard, lambda f: f"{f.latency_ms:.1f} ms")
+
+    @admin.display(description="pool (PgBouncer)")
+    def pool(self, shard: Shard) -> str:
+        def pool(f: ShardFigures) -> str:
+            if f.pool_error:
+                return f"pooler did not say: {f.pool_error}"
+            if f.pool is None:
+                return "direct (no pooler)"
+            return (
+                f"{f.pool.clients_active} clients, {f.pool.clients_waiting} waiting;"
+                f" {f.pool.servers} of {f.pool.max_connections or f.pool.pool_size}"
+                " server connections"
+            )
+
+        return _figure(shard, pool)
 
     @admin.display(description="import lag")
     def import_lag(self, shard: Shard) -> str:

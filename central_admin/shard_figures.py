@@ -4,19 +4,22 @@ One connection and a few cheap catalogue queries per shard: the round trip of a
 `SELECT 1` (latency), pg_database_size, the planner's row estimates of the shard
 tables (pg_class.reltuples, current as of the last ANALYZE, never a count(*)
 over readings), and the import lag: staged uploads and the oldest one's age
-(through the partial index on staged uploads).
+(through the partial index on staged uploads); and the pool PgBouncer keeps for it.
 """
 
 import time
 from dataclasses import dataclass
 from datetime import datetime
 
+import psycopg2
 from django.db import connections
 from django.utils import timezone
 
+from core.pooler import PoolFigures
 from routers.fanout import fan_out
 from routers.silos import shard_models
 from shards.models import Upload
+from shards.stats import pool_figures
 
 _ROWS_SQL = """
 SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint
@@ -39,6 +42,9 @@ class ShardFigures:
     rows_estimate: int | None = None
     staged_uploads: int | None = None
     oldest_staged_at: datetime | None = None
+    # The pooler in front of the shard (None: reached directly), or why it did not say.
+    pool: PoolFigures | None = None
+    pool_error: str = ""
 
     @property
     def oldest_staged_seconds(self) -> float | None:
@@ -63,7 +69,12 @@ def figures_on_shard(alias: str) -> ShardFigures:
         rows = cursor.fetchone()[0]
         cursor.execute(_STAGED_SQL)
         staged, oldest = cursor.fetchone()
-    return ShardFigures(alias, True, "", round(latency_ms, 2), size, rows, staged, oldest)
+    figures = ShardFigures(alias, True, "", round(latency_ms, 2), size, rows, staged, oldest)
+    try:
+        figures.pool = pool_figures(alias)
+    except psycopg2.Error as exc:
+        figures.pool_error = describe_error(exc)
+    return figures
 
 
 def describe_error(exc: BaseException) -> str:

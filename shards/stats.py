@@ -3,10 +3,13 @@
 import time
 from typing import Any
 
+import psycopg2
 from django.db import connections
 from django.utils import timezone
 
+from core.pooler import NoPooler, PoolFigures, read_pool
 from routers.fanout import fan_out
+from routers.registry import own_connection_params
 from shards.fence import HELD_DEVICES_SQL, held_devices
 from shards.models import Command, Reading, Upload
 
@@ -37,7 +40,26 @@ def shard_stats(alias: str) -> dict[str, Any]:
             stats[name] = cursor.fetchone()[0]
         cursor.execute("SELECT pg_database_size(current_database())")
         stats["size_bytes"] = cursor.fetchone()[0]
+    stats.update(pool_stats(alias))
     return stats
+
+
+def pool_figures(alias: str) -> PoolFigures | None:
+    """The pool in front of `alias` (the directory or a shard); None if reached directly."""
+    try:
+        return read_pool(own_connection_params(alias), connections[alias].settings_dict["NAME"])
+    except NoPooler:
+        return None
+
+
+def pool_stats(alias: str) -> dict[str, Any]:
+    """{"pool": figures or None}, or {"pool_error": why} when the console refuses us
+    (a pooler whose stats_users leave out the app's login): the shard itself answered."""
+    try:
+        figures = pool_figures(alias)
+    except psycopg2.Error as exc:
+        return {"pool": None, "pool_error": str(exc).strip()}
+    return {"pool": figures.as_json() if figures else None}
 
 
 def all_shard_stats(aliases: list[str]) -> dict[str, dict[str, Any] | BaseException]:

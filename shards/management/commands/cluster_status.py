@@ -4,10 +4,15 @@ from django.core.management.base import BaseCommand
 from django.db.models import Count
 
 from core.models import Placement, Shard
+from core.pooler import PoolFigures
+from routers.aliases import DIRECTORY_ALIAS
 from routers.registry import refresh_registry
-from shards.stats import all_shard_stats
+from shards.stats import all_shard_stats, pool_stats
 
-COLUMNS = ("alias", "state", "weight", "devices", "readings", "staged", "size", "latency", "where")
+COLUMNS = (
+    "alias", "state", "weight", "devices", "readings", "staged", "size", "latency", "pool",
+    "where",
+)  # fmt: skip
 
 
 def _size(num_bytes: int) -> str:
@@ -18,12 +23,24 @@ def _size(num_bytes: int) -> str:
     return f"{num_bytes:.1f} TB"
 
 
+def _pool(stats: dict) -> str:
+    """What the pooler in front of a database says, in a few words."""
+    if stats.get("pool_error"):
+        return "pooler did not say"
+    pool = stats.get("pool")
+    if pool is None:
+        return "direct"
+    return PoolFigures(**pool).summary()
+
+
 class Command(BaseCommand):
     help = (
         "Show every registered shard: state, weight, devices placed on it (from the"
         " directory), readings and staged uploads (from the shard, queried in parallel),"
-        " size on disk and round-trip latency. A shard that cannot be reached is shown as"
-        " DOWN with the reason; the command exits 1 if any is down."
+        " size on disk, round-trip latency, and the pool PgBouncer keeps for it (clients,"
+        " waiting clients, server connections of the cap), and the directory's pool. A"
+        " shard that cannot be reached is shown as DOWN with the reason; the command exits"
+        " 1 if any is down."
     )
 
     def add_arguments(self, parser):
@@ -53,10 +70,12 @@ class Command(BaseCommand):
                 entry.update(reachable=True, **result)
             report.append(entry)
         down = [e for e in report if e["reachable"] is False]
+        directory = pool_stats(DIRECTORY_ALIAS)
         if options["json"]:
-            self.stdout.write(json.dumps({"shards": report}, indent=2))
+            self.stdout.write(json.dumps({"shards": report, "directory": directory}, indent=2))
         else:
             self._print_table(report)
+            self.stdout.write(f"directory pool: {_pool(directory)}")
         if down:
             raise SystemExit(1)
 
@@ -71,7 +90,8 @@ class Command(BaseCommand):
             else:
                 cells, latency = ("-", "-", "-"), "-"
             head = (e["alias"], e["state"], str(e["weight"]), str(e["devices"]))
-            rows.append((*head, *cells, latency, e["where"]))
+            pool = _pool(e) if e["reachable"] else "-"
+            rows.append((*head, *cells, latency, pool, e["where"]))
         widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
         for row in rows:
             self.stdout.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
