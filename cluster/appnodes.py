@@ -23,10 +23,10 @@ from cluster.util import (
     terminate,
     wait_for,
 )
-from core.local_cluster import HOST, REPO_ROOT
+from core.local_cluster import APP_PROCESSES, APP_THREADS, HOST, REPO_ROOT
 
 TEMPLATE = Path(__file__).with_name("templates") / "uwsgi.ini"
-THREADS_PER_WORKER = 4
+THREADS_PER_WORKER = APP_THREADS
 HARAKIRI_SECONDS = 30
 # Recycling a threaded uWSGI worker can kill requests it is still serving (uWSGI fires
 # harakiri on it: unbit/uwsgi#2606, #480); a run of the e2e tests saw a 502 that way at
@@ -49,8 +49,8 @@ STOP_TIMEOUT = 30.0
 
 
 def default_processes() -> int:
-    """One worker process per CPU core."""
-    return os.cpu_count() or 1
+    """FLEET_APP_PROCESSES, or one worker process per CPU core."""
+    return APP_PROCESSES or os.cpu_count() or 1
 
 
 def uwsgi_binary() -> Path:

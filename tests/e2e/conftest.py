@@ -38,6 +38,9 @@ E2E_ENV = {
     "FLEET_STATS_PORT": "58404",
     "FLEET_APP_PORTS": "58001,58002",
     "FLEET_EXTRA_SHARD_PORT_BASE": "56435",
+    # A tight pool in front of every database, so every e2e test also proves the project
+    # works when clients queue for server connections (tests/e2e/test_pool.py).
+    "FLEET_POOL_SIZE": "10",
     # A short cleanup grace, so moved devices' old rows go within seconds and the tests can
     # check they are stored on one shard only. Placements stay cached as long as in
     # production (30 s): reads and writes follow the fences, not the caches' age.
