@@ -8,7 +8,11 @@ Against the running local cluster (var/cluster.json), in this order:
 1. uploads through HAProxy at a fixed concurrency (devices sending back to back) for
    batches of 1, 100 and 1000 readings: uploads/s in the steady window, p50/p95/p99;
    and the ceiling: an empty Django view (`GET /healthz`, no database) at the same
-   concurrency through the same HAProxy and nodes, that uploads are set against;
+   concurrency through the same HAProxy and nodes, that uploads are set against; the
+   sustainable rate; then the batches of 100 (flat out, and paced at 80% of the
+   sustainable rate) again with the cluster restarted without PgBouncer
+   (FLEET_POOLER=off, Django straight to PostgreSQL), for the pooler's cost, and the
+   cluster restarted as it was (`--skip-pooler` leaves this out);
 2. end-to-end ingest of the 1000-reading run: readings from the first upload received
    to the last one imported, per second, against a raw COPY of as many readings into
    the same shards (split as the devices were, one COPY per shard in parallel);
@@ -312,6 +316,51 @@ class Suite:
             }
         return figures
 
+    # 1c. the pooler's cost ---------------------------------------------------------
+
+    def restart_cluster(self, env: dict[str, str]) -> None:
+        """`cluster down` then `up` with `env` added: every process starts afresh."""
+        for command in ("down", "up"):
+            proc = subprocess.run(
+                [sys.executable, "-m", "cluster", command], cwd=ROOT,
+                env={**os.environ, **env}, capture_output=True, text=True, timeout=600,
+                check=False,
+            )  # fmt: skip
+            if proc.returncode != 0:
+                raise RuntimeError(f"cluster {command} failed: {proc.stdout}{proc.stderr}")
+
+    def pooler_figures(self) -> dict:
+        """The flat-out and the 80% paced runs again with every Django process connected
+        to PostgreSQL directly (the cluster restarted with FLEET_POOLER=off), then the
+        cluster put back as it was. Same machine, same offered rate."""
+        pooled_flat = self.runs["uploads_100"]
+        pooled_paced = self.runs.get("paced_at_80pct")
+        self.log("restarting the cluster without the pooler (FLEET_POOLER=off)")
+        self.restart_cluster({"FLEET_POOLER": "off"})
+        try:
+            direct_flat = self.load("direct_uploads_100", 100, self.args.concurrency)
+            direct_paced = None
+            if pooled_paced:
+                rate = pooled_paced["offered_uploads_per_s"]
+                direct_paced = self.paced("direct_paced_at_80pct", rate)
+        finally:
+            self.log("restarting the cluster with its poolers")
+            self.restart_cluster({})
+        figures = {
+            "pooled_uploads_per_s": pooled_flat["uploads_per_s"],
+            "direct_uploads_per_s": direct_flat["uploads_per_s"],
+            "pooled_p99_ms": pooled_flat["p99_ms"],
+            "direct_p99_ms": direct_flat["p99_ms"],
+            "pooled_of_direct": pooled_flat["uploads_per_s"] / direct_flat["uploads_per_s"],
+        }
+        if direct_paced:
+            figures |= {
+                "paced_offered_uploads_per_s": pooled_paced["offered_uploads_per_s"],
+                "pooled_paced_p99_ms": pooled_paced["steady_p99_ms"],
+                "direct_paced_p99_ms": direct_paced["steady_p99_ms"],
+            }
+        return figures
+
     # 2. end to end against raw COPY ------------------------------------------------
 
     def run_devices(self, key: str) -> list[int]:
@@ -548,6 +597,8 @@ class Suite:
             )
         self.step("empty_view", results, self.ceiling_figures)
         self.step("sustainable", results, self.sustainable_figures)
+        if not self.args.skip_pooler:
+            self.step("pooler", results, self.pooler_figures)
         self.step("haproxy", results, self.haproxy_figures)
         self.step("uploads_1000", self.runs, lambda: self.load("uploads_1000", 1000, c))
         self.step("ingest", results, lambda: self.ingest_figures("uploads_1000"))
@@ -733,6 +784,21 @@ def markdown(results: dict) -> str:
             f" {paced['devices_per_node_at_one_upload_a_minute']:,.0f}"
             f" | {paced['app_nodes']} nodes | | |"
         )
+    pool = results.get("pooler", {})
+    if "pooled_of_direct" in pool:
+        lines.append(
+            f"| 1 | batches of 100 flat out through PgBouncer (transaction pooling) |"
+            f" {pool['pooled_uploads_per_s']:,.0f}/s, p99 {pool['pooled_p99_ms']:.0f} ms"
+            f" | straight to PostgreSQL: {pool['direct_uploads_per_s']:,.0f}/s,"
+            f" p99 {pool['direct_p99_ms']:.0f} ms | {pct(pool['pooled_of_direct'])} | |"
+        )
+    if "direct_paced_p99_ms" in pool:
+        lines.append(
+            f"| 1 | steady p99 at {pool['paced_offered_uploads_per_s']:,.0f} uploads/s offered"
+            f" (80% of sustainable) through PgBouncer | {pool['pooled_paced_p99_ms']:.0f} ms"
+            f" | straight to PostgreSQL: {pool['direct_paced_p99_ms']:.0f} ms |"
+            f" {pool['pooled_paced_p99_ms'] / pool['direct_paced_p99_ms']:.2f}x | |"
+        )
     ingest = results.get("ingest", {})
     if "ratio" in ingest:
         lines.append(
@@ -841,6 +907,9 @@ def main() -> int:
     )
     parser.add_argument("--rounds", type=int, default=3, help="Rounds of the script benches.")
     parser.add_argument("--skip-scripts", action="store_true", help="No move/ingest benches.")
+    parser.add_argument(
+        "--skip-pooler", action="store_true", help="No runs without the pooler (no restarts)."
+    )
     parser.add_argument("--quick", action="store_true", help="Short runs, small benches.")
     parser.add_argument("--cluster-json", type=Path, default=ROOT / "var" / "cluster.json")
     args = parser.parse_args()
