@@ -1,9 +1,11 @@
-"""The load balancer's view of the app nodes, read from HAProxy's stats CSV.
+"""The load balancers' view of the app nodes, read from each HAProxy's stats CSV.
 
-Read with the haproxy-stats library; a stats page that cannot be reached (or
-answers garbage) is an `error`, never an exception for the page to die of.
+Read with the haproxy-stats library, every balancer at once; a stats page that
+cannot be reached (or answers garbage) is that balancer's `error`, never an
+exception for the page to die of.
 """
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,8 +42,30 @@ def _field(service: Any, name: str, default: Any = "") -> Any:
     return default if value is None else value
 
 
-def read_haproxy() -> HAProxyStatus:
-    address = settings.HAPROXY_STATS_ADDRESS
+def stats_addresses() -> list[str]:
+    """Every balancer's stats address: HAPROXY_STATS_ADDRESSES, or else the one
+    HAPROXY_STATS_ADDRESS (a single balancer, the local cluster)."""
+    return list(settings.HAPROXY_STATS_ADDRESSES) or [settings.HAPROXY_STATS_ADDRESS]
+
+
+def read_all_haproxy() -> list[HAProxyStatus]:
+    """One status per balancer, in the settings' order, read at the same time: a dead
+    balancer costs its timeout once, not once per balancer."""
+    addresses = stats_addresses()
+    with ThreadPoolExecutor(max_workers=len(addresses), thread_name_prefix="haproxy") as pool:
+        return list(pool.map(_read_or_error, addresses))
+
+
+def _read_or_error(address: str) -> HAProxyStatus:
+    try:
+        return read_haproxy(address)
+    except Exception as exc:  # a stats page answering rows the library cannot read
+        return HAProxyStatus(address, error=f"unreadable: {exc!r}")
+
+
+def read_haproxy(address: str | None = None) -> HAProxyStatus:
+    """One balancer's status (by default the first one's)."""
+    address = address or stats_addresses()[0]
     status = HAProxyStatus(address)
     try:
         stats = HAProxyServer(

@@ -282,11 +282,19 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "portal:devices"
 LOGOUT_REDIRECT_URL = "login"
 
-# HAProxy's stats page, read by the central admin's cluster page (haproxy-stats).
+# HAProxy's stats pages, read by the central admin's cluster page (haproxy-stats): every
+# balancer's (HAPROXY_STATS_ADDRESSES, comma-separated host:port, one section each), or
+# when that is empty the one HAPROXY_STATS_ADDRESS (a single balancer, the local cluster).
+# Each balancer shares the login below.
 _stats_user, _stats_password = local_cluster.haproxy_stats_login()
 HAPROXY_STATS_ADDRESS = os.environ.get(
     "HAPROXY_STATS_ADDRESS", f"{local_cluster.HOST}:{local_cluster.STATS_PORT}"
 )
+HAPROXY_STATS_ADDRESSES = [
+    address.strip()
+    for address in os.environ.get("HAPROXY_STATS_ADDRESSES", "").split(",")
+    if address.strip()
+]
 HAPROXY_STATS_USER = os.environ.get("HAPROXY_STATS_USER", _stats_user)
 HAPROXY_STATS_PASSWORD = os.environ.get("HAPROXY_STATS_PASSWORD", _stats_password)
 

@@ -223,19 +223,36 @@ def test_drain_marks_the_shard_draining_and_moves_its_devices_off(
 # --- the cluster page ---------------------------------------------------------------------
 
 
-@override_settings(HAPROXY_STATS_ADDRESS="127.0.0.1:1")
+@override_settings(HAPROXY_STATS_ADDRESS="127.0.0.1:1", HAPROXY_STATS_ADDRESSES=[])
 def test_the_cluster_page_shows_an_unreachable_haproxy(staff):
     answer = staff.get("/admin/fleet/cluster/")
     assert answer.status_code == 200
     body = answer.content.decode()
-    assert 'id="haproxy-servers"' in body
+    assert body.count('class="fleet-table haproxy-servers"') == 1
+    assert 'data-balancer="127.0.0.1:1"' in body
     assert "HAProxy stats unreachable" in body
     assert "data-server=" not in body
     assert 'data-shard="shard_1"' in body and 'data-shard="shard_2"' in body
 
 
+def test_the_cluster_page_shows_each_balancer_a_dead_one_as_unreachable(staff):
+    running = settings.HAPROXY_STATS_ADDRESS  # the local cluster's HAProxy
+    with override_settings(HAPROXY_STATS_ADDRESSES=["127.0.0.1:1", running]):
+        answer = staff.get("/admin/fleet/cluster/")
+    assert answer.status_code == 200
+    sections = answer.content.decode().split('<section class="fleet-panel fleet-wide haproxy"')[1:]
+    assert len(sections) == 2
+    dead, alive = sections[0], sections[1].split("</section>")[0]
+    assert 'data-balancer="127.0.0.1:1"' in dead and "HAProxy stats unreachable" in dead
+    assert "data-server=" not in dead
+    assert f'data-balancer="{running}"' in alive and "haproxy-error" not in alive
+    assert re.search(r'<tr data-server="app-', alive), alive
+
+
 @override_settings(
-    CELERY_TASK_DEFAULT_QUEUE="admin-test-queue", HAPROXY_STATS_ADDRESS="127.0.0.1:1"
+    CELERY_TASK_DEFAULT_QUEUE="admin-test-queue",
+    HAPROXY_STATS_ADDRESS="127.0.0.1:1",
+    HAPROXY_STATS_ADDRESSES=[],
 )
 def test_the_cluster_page_shows_the_queue_length_from_the_broker(staff):
     broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
@@ -248,7 +265,11 @@ def test_the_cluster_page_shows_the_queue_length_from_the_broker(staff):
     assert re.search(r'id="queue-length">\s*7 waiting', body), body
 
 
-@override_settings(CELERY_BROKER_URL="redis://127.0.0.1:1/0", HAPROXY_STATS_ADDRESS="127.0.0.1:1")
+@override_settings(
+    CELERY_BROKER_URL="redis://127.0.0.1:1/0",
+    HAPROXY_STATS_ADDRESS="127.0.0.1:1",
+    HAPROXY_STATS_ADDRESSES=[],
+)
 def test_the_cluster_page_shows_an_unreachable_broker(staff):
     answer = staff.get("/admin/fleet/cluster/")
     assert answer.status_code == 200

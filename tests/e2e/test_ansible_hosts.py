@@ -5,19 +5,27 @@ tests/hosts/ makes each host: a network namespace on the bridge fleetbr0
 each) and its own sshd. Then, from the control node over SSH, as an operator would:
 
 1. ansible/site.yml deploys the directory + Redis (h1), shard_1 (h2), shard_2 (h3),
-   an app node + Celery worker + beat (h4), an app node + HAProxy (h5);
-2. devices enrol and upload over HTTPS through HAProxy on h5 (its self-signed
-   certificate, trusted as served; plain HTTP only redirects); every acknowledged
-   reading is stored exactly once, on its device's shard; `manage.py check --deploy`
-   is clean on an app host;
+   an app node + Celery worker + beat + HAProxy (h4), an app node + HAProxy (h5);
+   every database host runs PgBouncer, and h5 and h4 float one address (keepalived);
+2. devices enrol and upload over HTTPS through the floating address (the balancers'
+   shared self-signed certificate, trusted as served; plain HTTP only redirects);
+   every acknowledged reading is stored exactly once, on its device's shard;
+   `manage.py check --deploy` is clean on an app host; under that load, every
+   database's server connections come from its pooler only, at most the pool size;
 3. with the devices still uploading, ansible/add_shard.yml adds h6 as shard_3 and
    rebalances; again every acknowledged reading is stored exactly once (on the
    device's current shard only) and shard_3 holds devices;
-4. everything is torn down (processes, namespaces, links, overlays), pass or fail.
+4. with the devices still uploading, the balancer holding the address dies (its
+   HAProxy and keepalived SIGKILLed); the address moves to the other, uploads
+   succeed again within seconds (reported), the survivor's stats page answers, and
+   every acknowledged reading is stored exactly once;
+5. everything is torn down (processes, namespaces, links, overlays), pass or fail.
 
 Skips, saying why, where the machine cannot make namespaces (not root, say).
 """
 
+import base64
+import http.client
 import json
 import shlex
 import ssl
@@ -31,6 +39,9 @@ import pytest
 from tests.e2e.conftest import report
 from tests.e2e.device_load import DeviceLoad, DeviceRecord, connect
 from tests.hosts.deploy import (
+    LB_VIP,
+    POOL_SIZE,
+    POOLER_PORT,
     TEST_ENV,
     ansible_playbook,
     layout,
@@ -49,8 +60,12 @@ LOAD_SECONDS = 8
 # Seconds between a device's batches: about 40 uploads a second from 12 devices, which
 # one worker on a busy 2-core machine imports without a long backlog.
 LOAD_INTERVAL = 0.3
-LB_HOST = "h5"
+LB_HOST = "h5"  # the first balancer: holds the floating address while it is healthy
+BACKUP_LB_HOST = "h4"
 BEAT_HOST = "h4"
+DB_PORT = 5432
+# Seconds the devices keep uploading after the balancer died, once it has recovered.
+FAILOVER_DEADLINE = 30
 
 
 class PhaseLoad(DeviceLoad):
@@ -124,7 +139,7 @@ class Databases:
         )  # fmt: skip
 
     def directory(self, sql: str, params: list | None = None) -> list[tuple]:
-        with closing(self.connect(self.directory_host, 5432, "fleet_directory")) as conn:
+        with closing(self.connect(self.directory_host, DB_PORT, "fleet_directory")) as conn:
             with conn.cursor() as cur:
                 cur.execute(sql, params)
                 rows = cur.fetchall()
@@ -144,6 +159,33 @@ class Databases:
                 cur.execute(sql)
                 result[alias] = cur.fetchall()
         return result
+
+    def server_connections(self, address: str, db: str) -> tuple[int, int]:
+        """(connections to `db` from anywhere but this host, all of them), read from
+        PostgreSQL's own port (the control node is an admin address), not counting
+        this reading's own connection."""
+        with closing(self.connect(address, DB_PORT, db)) as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT count(*) FILTER (WHERE client_addr IS NOT NULL"
+                "                        AND NOT client_addr <<= '127.0.0.0/8'"
+                "                        AND client_addr <> '::1'),"
+                "       count(*)"
+                "  FROM pg_stat_activity"
+                " WHERE datname = %s AND backend_type = 'client backend'"
+                "   AND pid <> pg_backend_pid()",
+                [db],
+            )
+            remote, total = cur.fetchone()
+        return remote, total
+
+    def show_pools(self, address: str) -> list[dict]:
+        """The pooler's SHOW POOLS, as the app reads it (the fleet login is a stats user)."""
+        conn = self.connect(address, POOLER_PORT, "pgbouncer")
+        conn.autocommit = True  # the console knows no transactions
+        with closing(conn), conn.cursor() as cur:
+            cur.execute("SHOW POOLS")
+            names = [c.name for c in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
     def placements(self) -> dict[int, str]:
         return dict(self.directory("SELECT device_id, shard_id FROM core_placement"))
@@ -201,6 +243,52 @@ def stop_load(load: PhaseLoad) -> dict[str, int]:
     return {"attempts": attempts, "retried_failures": len(load.failures())}
 
 
+def database_hosts(hosts: TestHosts, db: Databases) -> dict[str, str]:
+    """Each database (the directory and every registered shard) -> its host's address."""
+    found = {"fleet_directory": host(hosts, "h1").address}
+    for address, _, name in db.shards().values():
+        found[name] = address
+    return found
+
+
+def check_pooled(hosts: TestHosts, db: Databases) -> dict[str, dict[str, int]]:
+    """Under load: every database's server connections come from its host's pooler
+    (127.0.0.1) and stay within the pool size, however many clients the pooler has."""
+    figures = {}
+    for name, address in database_hosts(hosts, db).items():
+        remote, total = db.server_connections(address, name)
+        assert remote == 0, f"{name}: {remote} connections reach PostgreSQL past the pooler"
+        assert total <= POOL_SIZE, f"{name}: {total} server connections, pool size {POOL_SIZE}"
+        (pool,) = [p for p in db.show_pools(address) if p["database"] == name]
+        servers = sum(pool[k] for k in ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login"))
+        assert servers <= POOL_SIZE, pool
+        figures[name] = {
+            "server_connections": total,
+            "clients": pool["cl_active"] + pool["cl_waiting"],
+            "cl_waiting": pool["cl_waiting"],
+            "sv_active": pool["sv_active"],
+            "sv_idle": pool["sv_idle"],
+        }
+    return figures
+
+
+def holds_vip(hosts: TestHosts, name: str) -> bool:
+    shown = hosts.ssh(host(hosts, name), "ip -o -4 addr show dev eth0")
+    assert shown.returncode == 0, shown.stderr
+    return f" {LB_VIP}/" in shown.stdout
+
+
+def stats_csv(address: str, password: str) -> str:
+    """A balancer's stats page (CSV) on its own address, as the central admin reads it."""
+    auth = base64.b64encode(f"fleet-ops:{password}".encode()).decode()
+    with closing(http.client.HTTPConnection(address, 8404, timeout=5)) as connection:
+        connection.request("GET", "/;csv;norefresh", headers={"Authorization": f"Basic {auth}"})
+        response = connection.getresponse()
+        body = response.read().decode()
+    assert response.status == 200, (address, response.status, body[:200])
+    return body
+
+
 def test_deploy_load_add_shard_and_rebalance(six_hosts: TestHosts, capsys) -> None:
     hosts = six_hosts
     started = time.monotonic()
@@ -218,9 +306,16 @@ def test_deploy_load_add_shard_and_rebalance(six_hosts: TestHosts, capsys) -> No
     report(capsys, f"site.yml: {elapsed:.0f}s\n{play_recap(log)}")
     db = Databases(hosts, secret["vault_fleet_db_password"])
     assert sorted(db.shards()) == ["shard_1", "shard_2"]
+    # The app tier reaches every shard through the shard host's pooler.
+    assert {port for _, port, _ in db.shards().values()} == {POOLER_PORT}, db.shards()
+    # The first balancer holds the address (once the election settled: a few seconds).
+    deadline = time.monotonic() + 15
+    while not holds_vip(hosts, LB_HOST) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert holds_vip(hosts, LB_HOST) and not holds_vip(hosts, BACKUP_LB_HOST)
 
-    # 2. Devices through the load balancer, over HTTPS; plain HTTP only redirects.
-    lb_address = host(hosts, LB_HOST).address
+    # 2. Devices through the balancers' floating address, over HTTPS; HTTP only redirects.
+    lb_address = LB_VIP
     base_url = f"https://{lb_address}"
     tls = served_certificate(lb_address)
     status, headers = get(f"http://{lb_address}/api/v1/devices")
@@ -254,11 +349,15 @@ def test_deploy_load_add_shard_and_rebalance(six_hosts: TestHosts, capsys) -> No
     devices = [enroll(base_url, tls, key, f"ansible-{time.time_ns()}-{i}") for i in range(DEVICES)]
     load = run_load(base_url, devices, first_batch=0, tls=tls)
     time.sleep(LOAD_SECONDS)
-    load_stats = stop_load(load)
+    try:
+        pools = check_pooled(hosts, db)
+    finally:
+        load_stats = stop_load(load)
     counts = db.assert_exactly_once(devices)
     assert counts["acknowledged"] > 0
     assert set(counts["devices_per_shard"]) == {"shard_1", "shard_2"}, counts
     report(capsys, f"load through {base_url}: {load_stats}; verified {counts}")
+    report(capsys, f"pools under load (pool size {POOL_SIZE}): {json.dumps(pools)}")
 
     # 3. A third shard host under load: add_shard.yml provisions, registers, rebalances.
     inventory = write_inventory(hosts, with_third_shard=True)
@@ -286,8 +385,74 @@ def test_deploy_load_add_shard_and_rebalance(six_hosts: TestHosts, capsys) -> No
     assert all(phase == "done" and ok for _, _, phase, ok in moves), moves
     counts = db.assert_exactly_once(devices)
     assert counts["devices_per_shard"].get("shard_3", 0) > 0, counts
+    assert db.shards()["shard_3"][1] == POOLER_PORT
     report(
         capsys,
         f"rebalance under load: {len(moves)} devices moved (verified); load {load_stats};"
-        f" verified {counts}; total {time.monotonic() - started:.0f}s",
+        f" verified {counts}",
+    )
+
+    # 4. The balancer holding the address dies under load; the other one takes it over.
+    load = run_load(base_url, devices, first_batch=200_000, tls=tls)
+    try:
+        time.sleep(2)
+        killed = hosts.ssh(
+            host(hosts, LB_HOST), "pkill -KILL -x keepalived; pkill -KILL -x haproxy; true"
+        )
+        killed_at = time.monotonic()
+        assert killed.returncode == 0, killed.stderr
+        deadline = killed_at + FAILOVER_DEADLINE
+        while time.monotonic() < deadline and load.successes_after(killed_at) == 0:
+            time.sleep(0.1)
+        first_ok = min(
+            (t for d in devices if (t := load.first_success_after(killed_at, d.device_id))),
+            default=None,
+        )
+        assert first_ok is not None, f"no upload succeeded {FAILOVER_DEADLINE}s after the kill"
+        # Every device gets through again, then a few more seconds of load on the survivor.
+        while time.monotonic() < deadline and any(
+            load.first_success_after(killed_at, d.device_id) is None for d in devices
+        ):
+            time.sleep(0.1)
+        all_ok = [load.first_success_after(killed_at, d.device_id) for d in devices]
+        assert None not in all_ok, "some devices got no upload through after the failover"
+        time.sleep(3)
+    finally:
+        load_stats = stop_load(load)
+    assert holds_vip(hosts, BACKUP_LB_HOST), "the floating address did not move"
+    failed_after_kill = [a for a in load.failures() if a.at > killed_at]
+    report(
+        capsys,
+        f"failover: the address moved {LB_HOST} -> {BACKUP_LB_HOST}; uploads through"
+        f" {base_url} succeeded again {first_ok - killed_at:.1f}s after the kill, every device"
+        f" {max(all_ok) - killed_at:.1f}s after; {len(failed_after_kill)} failed attempts"
+        f" (retried); load {load_stats}",
+    )
+    # The survivor's stats page answers on its own address and sees the app nodes.
+    survivor = stats_csv(
+        host(hosts, BACKUP_LB_HOST).address, secret["vault_fleet_haproxy_stats_password"]
+    )
+    assert "app_nodes,app1," in survivor and "app_nodes,app2," in survivor
+    # The central admin reads both balancers: the dead one as unreachable.
+    read = hosts.ssh(
+        host(hosts, BEAT_HOST),
+        "/usr/local/bin/fleet-manage shell -c "
+        + shlex.quote(
+            "import json; from central_admin.haproxy_status import read_all_haproxy; "
+            "print(json.dumps([[s.address, len(s.servers), bool(s.error)]"
+            " for s in read_all_haproxy()]))"
+        ),
+    )
+    assert read.returncode == 0, read.stdout + read.stderr
+    seen = {
+        address: (servers, error)
+        for address, servers, error in json.loads(read.stdout.splitlines()[-1])
+    }
+    assert seen == {
+        f"{host(hosts, LB_HOST).address}:8404": (0, True),
+        f"{host(hosts, BACKUP_LB_HOST).address}:8404": (2, False),
+    }, seen
+    counts = db.assert_exactly_once(devices)
+    report(
+        capsys, f"after the failover: verified {counts}; total {time.monotonic() - started:.0f}s"
     )

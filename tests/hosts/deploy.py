@@ -1,9 +1,10 @@
 """The inventory, secrets and ansible-playbook runs for the test hosts.
 
 Layout (five hosts deployed, a sixth added as a shard later):
-    h1  directory_db, redis        h4  app, celery_worker, celery_beat
-    h2  shard_db (shard_1)         h5  app, lb
+    h1  directory_db, redis        h4  app, celery_worker, celery_beat, lb (backup)
+    h2  shard_db (shard_1)         h5  app, lb (first: holds the floating address)
     h3  shard_db (shard_2)         h6  shard_db (shard_3), added by add_shard.yml
+Every database host runs PgBouncer; devices use the balancers' floating address LB_VIP.
 """
 
 import json
@@ -15,12 +16,17 @@ import sys
 import time
 from pathlib import Path
 
-from tests.hosts.testhosts import CONTROL_ADDRESS, ROOT, TestHosts
+from tests.hosts.testhosts import CONTROL_ADDRESS, ROOT, SUBNET, TestHosts
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO / "ansible"
 RUN_DIR = ROOT / "run"
 PLAY_TIMEOUT = 1200
+# The balancers' floating address (keepalived) on the bridge's network.
+LB_VIP = f"{SUBNET}.100"
+# Small, so that the test sees more clients than server connections on each pooler.
+POOL_SIZE = 6
+POOLER_PORT = 6432
 
 # Short cache lives and move clean-up grace, so a moved device's old rows go within
 # seconds and the test can check every reading is stored on one shard only.
@@ -41,7 +47,7 @@ def layout(with_third_shard: bool) -> dict[str, list[tuple[str, dict]]]:
         "app": [("h4", {}), ("h5", {})],
         "celery_worker": [("h4", {})],
         "celery_beat": [("h4", {})],
-        "lb": [("h5", {})],
+        "lb": [("h5", {}), ("h4", {})],
     }
 
 
@@ -72,6 +78,10 @@ def write_inventory(hosts: TestHosts, with_third_shard: bool) -> Path:
         "fleet_admin_addresses": [CONTROL_ADDRESS],
         "fleet_env_extra": TEST_ENV,
         "fleet_app_processes": 2,
+        "fleet_lb_vip": f"{LB_VIP}/24",
+        "fleet_lb_interface": "eth0",
+        "fleet_pool_size": POOL_SIZE,
+        "fleet_pooler_port": POOLER_PORT,
     }
     (inventory_dir / "group_vars" / "all" / "20-test.yml").write_text(json.dumps(overrides))
     path = inventory_dir / "hosts.yml"

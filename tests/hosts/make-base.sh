@@ -14,7 +14,7 @@ dest=${1:?usage: make-base.sh DEST}
 suite=bookworm
 packages=(
     openssh-server python3 python3-venv python3-apt sudo iproute2 procps ca-certificates
-    postgresql redis-server haproxy supervisor libpq5 libpython3.11 netbase
+    postgresql pgbouncer redis-server haproxy keepalived supervisor libpq5 libpython3.11 netbase
 )
 
 if [[ -e $dest/.complete ]]; then
