@@ -84,6 +84,23 @@ SUSTAINABLE_STEPS = (0.3, 0.5, 0.7, 0.85, 1.0)
 SUSTAINABLE_P99_MS = 100
 
 
+def cpu_seconds_of(program: str) -> float:
+    """User + system CPU seconds used so far by every live process named `program`."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :]
+        if name == program:
+            fields = rest.split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 class CpuMeter:
     """Busy CPU seconds of the whole machine (all cores) between start and stop."""
 
@@ -333,7 +350,9 @@ class Suite:
         """The flat-out and the 80% paced runs again with every Django process connected
         to PostgreSQL directly (the cluster restarted with FLEET_POOLER=off), then the
         cluster put back as it was. Same machine, same offered rate."""
-        pooled_flat = self.runs["uploads_100"]
+        before = cpu_seconds_of("pgbouncer")
+        pooled_flat = self.load("pooled_uploads_100", 100, self.args.concurrency)
+        pooler_cpu = cpu_seconds_of("pgbouncer") - before
         pooled_paced = self.runs.get("paced_at_80pct")
         self.log("restarting the cluster without the pooler (FLEET_POOLER=off)")
         self.restart_cluster({"FLEET_POOLER": "off"})
@@ -352,6 +371,12 @@ class Suite:
             "pooled_p99_ms": pooled_flat["p99_ms"],
             "direct_p99_ms": direct_flat["p99_ms"],
             "pooled_of_direct": pooled_flat["uploads_per_s"] / direct_flat["uploads_per_s"],
+            # What the poolers themselves burn in the pooled run: CPU ms per upload, and
+            # cores (1.0 = one core busy the whole run).
+            "pooler_cpu_ms_per_upload": 1000 * pooler_cpu / max(pooled_flat["uploads"], 1),
+            "pooler_cores": pooler_cpu / pooled_flat["seconds"],
+            "machine_cpu_busy_pooled": pooled_flat["machine_cpu_busy_of_all_cores"],
+            "machine_cpu_busy_direct": direct_flat["machine_cpu_busy_of_all_cores"],
         }
         if direct_paced:
             figures |= {
@@ -791,6 +816,13 @@ def markdown(results: dict) -> str:
             f" {pool['pooled_uploads_per_s']:,.0f}/s, p99 {pool['pooled_p99_ms']:.0f} ms"
             f" | straight to PostgreSQL: {pool['direct_uploads_per_s']:,.0f}/s,"
             f" p99 {pool['direct_p99_ms']:.0f} ms | {pct(pool['pooled_of_direct'])} | |"
+        )
+        lines.append(
+            f"| 1 | CPU the three PgBouncers used in that pooled run |"
+            f" {pool['pooler_cpu_ms_per_upload']:.2f} ms per upload,"
+            f" {pool['pooler_cores']:.2f} cores | machine busy"
+            f" {pool['machine_cpu_busy_pooled']:.0%} pooled,"
+            f" {pool['machine_cpu_busy_direct']:.0%} direct | | |"
         )
     if "direct_paced_p99_ms" in pool:
         lines.append(
