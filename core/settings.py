@@ -290,11 +290,7 @@ _stats_user, _stats_password = local_cluster.haproxy_stats_login()
 HAPROXY_STATS_ADDRESS = os.environ.get(
     "HAPROXY_STATS_ADDRESS", f"{local_cluster.HOST}:{local_cluster.STATS_PORT}"
 )
-HAPROXY_STATS_ADDRESSES = [
-    address.strip()
-    for address in os.environ.get("HAPROXY_STATS_ADDRESSES", "").split(",")
-    if address.strip()
-]
+HAPROXY_STATS_ADDRESSES = env_list("HAPROXY_STATS_ADDRESSES", "")
 HAPROXY_STATS_USER = os.environ.get("HAPROXY_STATS_USER", _stats_user)
 HAPROXY_STATS_PASSWORD = os.environ.get("HAPROXY_STATS_PASSWORD", _stats_password)
 
