@@ -119,11 +119,7 @@ class ShardAdmin(admin.ModelAdmin):
                 return f"pooler did not say: {f.pool_error}"
             if f.pool is None:
                 return "direct (no pooler)"
-            return (
-                f"{f.pool.clients_active} clients, {f.pool.clients_waiting} waiting;"
-                f" {f.pool.servers} of {f.pool.max_connections or f.pool.pool_size}"
-                " server connections"
-            )
+            return f.pool.summary()
 
         return _figure(shard, pool)
 

@@ -15,6 +15,7 @@ from shards.analysis.run import shard_run_lock
 from shards.moves.protocol import MOVE_LOCK_NAMESPACE, _job_lock, is_running_elsewhere
 from shards.stats import pool_figures
 from tests.factories import create_device
+from tests.waiting import wait_until
 
 # More clients than the pool could ever give one server connection each at once is not
 # needed: a few open transactions side by side make the pooler use several.
@@ -87,14 +88,17 @@ def test_a_move_jobs_lock_is_seen_from_every_server_connection_while_held(shards
         assert is_running_elsewhere(job)
 
 
-def test_a_held_lock_goes_with_its_holders_connection(shards):
+def test_a_held_lock_ends_with_its_holders_connection(shards):
     lock = HeldLock(DIRECTORY_ALIAS, MOVE_LOCK_NAMESPACE, 999_001, holder="fleet-test holder")
     assert lock.acquire()
     assert lock_holder(DIRECTORY_ALIAS, MOVE_LOCK_NAMESPACE, 999_001) == "fleet-test holder"
-    # A holder that dies closes its connection without a word: the pooler then ends the
-    # server connection's transaction, and the lock with it.
-    lock._connection.close()
-    lock._connection = None
+    # release() closes the connection mid-transaction, as a holder that dies does: the
+    # pooler then ends the server connection's transaction, and the lock with it.
+    lock.release()
+    wait_until(
+        lambda: lock_holder(DIRECTORY_ALIAS, MOVE_LOCK_NAMESPACE, 999_001) is None,
+        what="the lock to go with its holder's connection",
+    )
     with holding(DIRECTORY_ALIAS, MOVE_LOCK_NAMESPACE, 999_001) as acquired:
         assert acquired
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from core import local_cluster
 from core.pooler import read_pool
 from tests.e2e.conftest import E2E_ENV, E2ECluster, enroll_fleet, report
 from tests.e2e.device_load import DeviceLoad
@@ -38,9 +39,12 @@ SERVER_CONNECTIONS_SQL = """
 class Sampler:
     """Peaks of server connections (pg_stat_activity) and pool clients, per database."""
 
-    def __init__(self, cluster: E2ECluster):
+    def __init__(self, cluster: E2ECluster, shards: set[str]):
         self.cluster = cluster
-        self.databases = [cluster.info["directory"], *cluster.info["shards"].values()]
+        self.databases = [
+            cluster.info["directory"],
+            *(where for alias, where in cluster.info["shards"].items() if alias in shards),
+        ]
         self.servers = {where["db"]: 0 for where in self.databases}
         self.clients = {where["db"]: 0 for where in self.databases}
         self.waiting = {where["db"]: 0 for where in self.databases}
@@ -79,7 +83,7 @@ class Sampler:
             self.servers[db] = max(self.servers[db], cursor.fetchone()[0])
         params = {
             "host": where["host"], "port": where["pooler_port"],
-            "user": "fleet", "password": "fleet-local",
+            "user": local_cluster.DB_USER, "password": local_cluster.DB_PASSWORD,
         }  # fmt: skip
         pool = read_pool(params, db)
         self.clients[db] = max(self.clients[db], pool.clients_active + pool.clients_waiting)
@@ -106,9 +110,10 @@ def test_server_connections_stay_within_the_pool_under_a_scaled_app_tier(scaled_
     ]
     devices = enroll_fleet(cluster, f"pool-{time.time_ns()}", DEVICES)
     placement = cluster.placements()
-    assert {placement[d.device_id] for d in devices} == set(cluster.info["shards"])
+    shards = {placement[d.device_id] for d in devices}
+    assert len(shards) >= 2, shards
 
-    with Sampler(cluster) as sampler:
+    with Sampler(cluster, shards) as sampler:
         load = DeviceLoad(cluster.url, devices, interval=0).start()
         time.sleep(LOAD_SECONDS)
         load.stop(timeout=150)
