@@ -14,6 +14,7 @@ from shards.commands import create_command
 from shards.models import Command
 from shards.moves.protocol import start_move
 from tests.factories import make_device, make_user
+from tests.test_portal_support import parse_html
 from tests.waiting import wait_until
 
 
@@ -172,12 +173,19 @@ def test_the_shards_page_shows_figures_and_marks_a_dead_shard(staff, three_shard
     for alias in three_shards:
         figures = rows[alias]._fleet_figures
         assert figures.reachable and figures.latency_ms > 0 and figures.size_bytes > 1_000_000
+        # Each shard's pool, as its PgBouncer says: within the cap.
+        assert 1 <= figures.pool.servers <= figures.pool.max_connections
     assert not rows[dead_shard]._fleet_figures.reachable
     body = answer.content.decode()
     assert body.count(">unreachable<") == 1
+    assert body.count(">clients ") >= len(three_shards)  # the pool column
     # The shard's own page too.
     page = staff.get(f"/admin/core/shard/{dead_shard}/change/")
     assert page.status_code == 200 and "unreachable" in page.content.decode()
+    pool_row = parse_html(staff.get("/admin/core/shard/shard_1/change/").content).one(
+        id="shard-pool"
+    )
+    assert re.search(r"\d+ clients active, \d+ waiting .* \d+ server connections", pool_row.text)
 
 
 def test_change_weight(staff):

@@ -1,6 +1,7 @@
 """The management commands, driven as an operator would, including their refusals."""
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import closing
@@ -14,6 +15,7 @@ from django.db import connections
 from django.utils import timezone
 from psycopg2 import sql
 
+from core import local_cluster
 from core.credentials import device_id_for_token
 from core.models import Device, DeviceCredential, Placement, Shard, User
 from routers.registry import serving_shards, unregister_shard_connection
@@ -229,13 +231,21 @@ def test_cluster_status_reports_devices_and_readings_per_shard(shards):
     Reading.objects.for_device(device).bulk_create(
         Reading(device_id=device.pk, metric="v", ts=ts, value=2.0) for ts in reading_times(4)
     )
-    report = {s["alias"]: s for s in json.loads(run("cluster_status", "--json"))["shards"]}
+    status = json.loads(run("cluster_status", "--json"))
+    report = {s["alias"]: s for s in status["shards"]}
     assert report["shard_1"]["devices"] == 1 and report["shard_1"]["readings"] == 4
     assert report["shard_2"]["devices"] == 2 and report["shard_2"]["readings"] == 0
     assert all(s["reachable"] and s["state"] == "active" for s in report.values())
+    # Each shard's pool, and the directory's, as their PgBouncer says.
+    for pool in [*(s["pool"] for s in report.values()), status["directory"]["pool"]]:
+        assert pool["clients_active"] >= 1  # this process's own connection at least
+        assert 1 <= pool["servers"] <= pool["max_connections"] == local_cluster.POOL_SIZE
 
     table = run("cluster_status")
     assert table.splitlines()[0].split()[:4] == ["alias", "state", "weight", "devices"]
+    (row,) = [line for line in table.splitlines() if line.startswith("shard_1 ")]
+    assert re.search(rf"clients \d+.*, servers \d+/{local_cluster.POOL_SIZE}", row), row
+    assert table.splitlines()[-1].startswith("directory pool: clients ")
 
 
 def test_migrate_shards_migrates_every_shard(shards):
