@@ -9,7 +9,6 @@ system HAProxy (Debian's service) is never touched.
 import csv
 import io
 import os
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from cluster.util import (
     read_pid,
     run,
     runs_with_arg,
+    system_binary,
     tail,
     terminate,
     wait_for,
@@ -39,10 +39,7 @@ STOP_TIMEOUT = 15.0
 
 
 def haproxy_binary() -> str:
-    found = shutil.which("haproxy") or "/usr/sbin/haproxy"
-    if not Path(found).exists():
-        raise ClusterError("haproxy not found; run bin/bootstrap (installs Debian's haproxy)")
-    return found
+    return system_binary("haproxy")
 
 
 def render_haproxy_cfg(

@@ -9,30 +9,31 @@ postgres OS user (PgBouncer, like PostgreSQL, refuses root).
 """
 
 import os
-import shutil
-import signal
 from pathlib import Path
 
 import psycopg2
 
 from cluster.ports import port_in_use
 from cluster.postgres import as_server_user, give_to_server_user, prepare_server_dir
-from cluster.util import ClusterError, pid_alive, read_pid, run, tail, wait_for
+from cluster.util import (
+    ClusterError,
+    read_pid,
+    run,
+    runs_with_arg,
+    system_binary,
+    tail,
+    terminate,
+    wait_for,
+)
 from core.local_cluster import DB_PASSWORD, DB_USER, HOST, POOL_SIZE, pooler_port
 from core.pooler import PoolFigures, read_pool
 
 START_TIMEOUT = 15
+STOP_TIMEOUT = 15
 # Clients one pooler accepts: every uWSGI thread and Celery process of a scaled-up app
 # tier, with room; each costs PgBouncer a file descriptor and a few kB, not a server.
 MAX_CLIENT_CONN = 4000
 QUERY_WAIT_TIMEOUT = 20
-
-
-def pgbouncer_binary() -> str:
-    found = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-    if not Path(found).exists():
-        raise ClusterError("pgbouncer not found; run bin/bootstrap")
-    return found
 
 
 class Pooler:
@@ -72,7 +73,7 @@ class Pooler:
 
     def pid(self) -> int | None:
         pid = read_pid(self.pid_file)
-        return pid if pid is not None and pid_alive(pid, self._marker()) else None
+        return pid if pid is not None and runs_with_arg(pid, self._marker()) else None
 
     def is_ready(self) -> bool:
         try:
@@ -149,7 +150,7 @@ class Pooler:
         for path in (self.users_file, self.ini_file):
             give_to_server_user(path)
         proc = run(
-            as_server_user([pgbouncer_binary(), "-d", self._marker()]),
+            as_server_user([system_binary("pgbouncer"), "-d", self._marker()]),
             what=f"{self.name} pooler: start",
             cwd="/",
             check=False,
@@ -163,12 +164,11 @@ class Pooler:
         return True
 
     def stop(self) -> bool:
-        """Immediate shutdown (SIGTERM). Returns True if it was running."""
+        """Immediate shutdown (SIGTERM, then SIGKILL). Returns True if it was running."""
         pid = self.pid()
         if pid is None:
             return False
-        os.kill(pid, signal.SIGTERM)
-        if not wait_for(lambda: not pid_alive(pid, self._marker()), timeout=30):
-            raise ClusterError(f"{self.name} pooler: pid {pid} did not exit within 30s")
+        if terminate([pid], STOP_TIMEOUT, self._marker()):
+            raise ClusterError(f"{self.name} pooler: pid {pid} did not exit")
         self.pid_file.unlink(missing_ok=True)
         return True

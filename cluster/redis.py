@@ -5,14 +5,13 @@ re-creatable, so restarts start empty and nothing is written to disk.
 """
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
 from pathlib import Path
 
 from cluster.ports import port_in_use
-from cluster.util import ClusterError, pid_alive, read_pid, tail, wait_for
+from cluster.util import ClusterError, pid_alive, read_pid, system_binary, tail, wait_for
 from core.local_cluster import HOST
 
 
@@ -100,9 +99,7 @@ class RedisInstance:
                 f"redis: port {self.port} on {self.host} is taken by something that is not "
                 f"this cluster's Redis{moved_by}"
             )
-        server = shutil.which("redis-server") or "/usr/bin/redis-server"
-        if not Path(server).exists():
-            raise ClusterError("redis-server not found; run bin/bootstrap")
+        server = system_binary("redis-server", sbin=False)
         for directory in (self.data_dir, self.conf_file.parent, self.pid_file.parent):
             directory.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ import base64
 import contextlib
 import http.client
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -15,6 +16,14 @@ from pathlib import Path
 
 class ClusterError(Exception):
     """A failure worth showing to the user as-is (no traceback)."""
+
+
+def system_binary(name: str, sbin: bool = True) -> str:
+    """A Debian package's program: on PATH, else where Debian installs it."""
+    found = shutil.which(name) or f"/usr/{'sbin' if sbin else 'bin'}/{name}"
+    if not Path(found).exists():
+        raise ClusterError(f"{name} not found; run bin/bootstrap (installs Debian's packages)")
+    return found
 
 
 def tail(path: Path, lines: int = 30) -> str:
