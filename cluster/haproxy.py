@@ -22,6 +22,7 @@ from cluster.ports import port_in_use
 from cluster.util import (
     ClusterError,
     http_get,
+    pids_with_marker,
     read_pid,
     run,
     runs_with_arg,
@@ -198,7 +199,16 @@ class HAProxy:
         return "restarted (config changed)" if running else "started"
 
     def start(self) -> None:
-        for port in (self.http_port, self.stats_port):
+        # An instance of ours the pid file no longer names (it was rewritten, or lost)
+        # still holds the ports: it is ours, by its config path, so it goes.
+        mine = self._own_arg()
+        if terminate(pids_with_marker(mine), STOP_TIMEOUT, mine):
+            raise ClusterError(f"haproxy: an old instance running {mine} does not exit")
+        # A stopped instance's threads may hold its listeners a moment after its main
+        # thread is gone (the acceptance run of #18 saw a restart refused that way).
+        ports = (self.http_port, self.stats_port)
+        wait_for(lambda: not any(port_in_use(port, self.host) for port in ports), STOP_TIMEOUT)
+        for port in ports:
             if port_in_use(port, self.host):
                 raise ClusterError(
                     f"haproxy: port {port} on {self.host} is taken by something that is not "

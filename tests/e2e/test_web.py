@@ -198,7 +198,7 @@ def test_an_admin_moves_a_device_from_its_page(
     # The cluster page reads HAProxy's stats: both app nodes are in rotation.
     page.goto(f"{e2e_cluster.url}/admin/fleet/cluster/")
     for server in ("app-1", "app-2"):
-        status = page.locator(f"#haproxy-servers tr[data-server='{server}'] td.status")
+        status = page.locator(f"#haproxy-1 .haproxy-servers tr[data-server='{server}'] td.status")
         assert status.inner_text().strip().startswith("UP"), server
     screenshots.take(page, "cluster")
     page.close()
