@@ -46,6 +46,9 @@ class Pooler:
         self.server_port = server_port
         self.port = pooler_port(server_port)
         self.dir = Path(var).absolute() / "pgbouncer"
+        if pool_size < 1:
+            # 0 would give no server connection at all: every query would wait, then fail.
+            raise ClusterError(f"FLEET_POOL_SIZE={pool_size}: a pool needs at least 1 connection")
         self.pool_size = pool_size
 
     def __repr__(self) -> str:

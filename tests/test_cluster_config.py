@@ -22,6 +22,7 @@ from cluster.appnodes import AppNode, app_nodes, render_uwsgi_ini
 from cluster.extra_shards import ExtraShard, next_alias, next_port, plan
 from cluster.haproxy import haproxy_binary, parse_server_states, render_haproxy_cfg
 from cluster.limits import upload_max_bytes
+from cluster.pgbouncer import Pooler
 from cluster.ports import free_port
 from cluster.simulate import POINTS_PER_METRIC, readings_between
 from cluster.util import ClusterError
@@ -408,3 +409,9 @@ def test_haproxys_own_errors_are_json_with_retry_after(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_a_pool_without_connections_is_refused(tmp_path):
+    with pytest.raises(ClusterError, match="FLEET_POOL_SIZE=0: a pool needs at least 1"):
+        Pooler("shard_1", 55433, tmp_path, pool_size=0)
+    assert Pooler("shard_1", 55433, tmp_path, pool_size=1).port == local_cluster.pooler_port(55433)
