@@ -12,7 +12,7 @@ from pathlib import Path
 from string import Template
 
 from cluster.limits import upload_max_bytes
-from cluster.ports import port_in_use
+from cluster.ports import bindable, port_in_use
 from cluster.process import VarProcess
 from cluster.util import (
     ClusterError,
@@ -135,10 +135,12 @@ class AppNode(VarProcess):
         leftovers = terminate(pids_with_marker(self._own_arg()), STOP_TIMEOUT, self._own_arg())
         if leftovers:
             raise ClusterError(f"{self.name}: old processes {leftovers} do not exit")
-        if port_in_use(self.port, self.host):
+        if port_in_use(self.port, self.host) or not bindable(self.port, self.host):
             raise ClusterError(
                 f"{self.name}: port {self.port} on {self.host} is taken by something that is "
-                "not this cluster's app node (set FLEET_APP_PORTS to use other ports)"
+                "not this cluster's app node (a server, or an outgoing connection when the"
+                " port is in the kernel's ephemeral range; set FLEET_APP_PORTS to use other"
+                " ports)"
             )
         for path in (self.ini_file, self.log_file):
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,8 +22,10 @@ from tests.e2e.device_load import DeviceLoad
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
+# Ports above the kernel's ephemeral range (32768-60999): nodes bound in the middle of
+# the suite must not find their port taken by some outgoing connection.
 SCALED_TIER = {
-    "FLEET_APP_PORTS": "58011,58012,58013,58014",
+    "FLEET_APP_PORTS": "61011,61012,61013,61014",
     "FLEET_APP_PROCESSES": "4",
     "FLEET_APP_THREADS": "8",
 }
