@@ -30,14 +30,18 @@ from tests.e2e.device_load import DeviceRecord, batch_body, post_upload
 E2E_VAR = local_cluster.REPO_ROOT / "var" / "e2e"
 E2E_ENV = {
     "FLEET_VAR_DIR": str(E2E_VAR),
-    "FLEET_DIRECTORY_PORT": "56432",
-    "FLEET_SHARD_1_PORT": "56433",
-    "FLEET_SHARD_2_PORT": "56434",
-    "FLEET_REDIS_PORT": "57379",
-    "FLEET_HTTP_PORT": "58000",
-    "FLEET_STATS_PORT": "58404",
-    "FLEET_APP_PORTS": "58001,58002",
-    "FLEET_EXTRA_SHARD_PORT_BASE": "56435",
+    # Every port above the kernel's ephemeral range (32768-60999): a server the tests
+    # restart mid-suite (a node, a shard, Redis, HAProxy) must not find its port taken
+    # as the local port of some outgoing connection, as a run of #18 saw. Poolers listen
+    # 2000 above their PostgreSQL (63432-).
+    "FLEET_DIRECTORY_PORT": "61432",
+    "FLEET_SHARD_1_PORT": "61433",
+    "FLEET_SHARD_2_PORT": "61434",
+    "FLEET_REDIS_PORT": "61379",
+    "FLEET_HTTP_PORT": "61000",
+    "FLEET_STATS_PORT": "61404",
+    "FLEET_APP_PORTS": "61001,61002",
+    "FLEET_EXTRA_SHARD_PORT_BASE": "61435",
     # A tight pool in front of every database, so every e2e test also proves the project
     # works when clients queue for server connections (tests/e2e/test_pool.py).
     "FLEET_POOL_SIZE": "10",

@@ -22,8 +22,7 @@ from tests.e2e.device_load import DeviceLoad
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-# Ports above the kernel's ephemeral range (32768-60999): nodes bound in the middle of
-# the suite must not find their port taken by some outgoing connection.
+# Above the kernel's ephemeral range, as every e2e port (conftest.E2E_ENV).
 SCALED_TIER = {
     "FLEET_APP_PORTS": "61011,61012,61013,61014",
     "FLEET_APP_PROCESSES": "4",
