@@ -34,6 +34,11 @@ class PoolFigures:
     max_connections: int
     max_wait_seconds: float
 
+    @property
+    def cap(self) -> int:
+        """The most server connections the pooler opens for the database."""
+        return self.max_connections or self.pool_size
+
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -42,7 +47,7 @@ class PoolFigures:
         waiting = f" ({self.clients_waiting} waiting)" if self.clients_waiting else ""
         return (
             f"clients {self.clients_active + self.clients_waiting}{waiting},"
-            f" servers {self.servers}/{self.max_connections or self.pool_size}"
+            f" servers {self.servers}/{self.cap}"
         )
 
 

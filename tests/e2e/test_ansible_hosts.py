@@ -36,6 +36,7 @@ from contextlib import closing
 import psycopg2
 import pytest
 
+from core.pooler import PoolFigures, read_pool
 from tests.e2e.conftest import report
 from tests.e2e.device_load import DeviceLoad, DeviceRecord, connect
 from tests.hosts.deploy import (
@@ -178,14 +179,11 @@ class Databases:
             remote, total = cur.fetchone()
         return remote, total
 
-    def show_pools(self, address: str) -> list[dict]:
-        """The pooler's SHOW POOLS, as the app reads it (the fleet login is a stats user)."""
-        conn = self.connect(address, POOLER_PORT, "pgbouncer")
-        conn.autocommit = True  # the console knows no transactions
-        with closing(conn), conn.cursor() as cur:
-            cur.execute("SHOW POOLS")
-            names = [c.name for c in cur.description]
-            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    def pool(self, address: str, db: str) -> PoolFigures:
+        """The pooler's figures for `db`, read as the app reads them (SHOW POOLS on its
+        console: the fleet login is a stats user)."""
+        params = {"host": address, "port": POOLER_PORT, "user": "fleet", "password": self.password}
+        return read_pool(params, db)
 
     def placements(self) -> dict[int, str]:
         return dict(self.directory("SELECT device_id, shard_id FROM core_placement"))
@@ -259,15 +257,15 @@ def check_pooled(hosts: TestHosts, db: Databases) -> dict[str, dict[str, int]]:
         remote, total = db.server_connections(address, name)
         assert remote == 0, f"{name}: {remote} connections reach PostgreSQL past the pooler"
         assert total <= POOL_SIZE, f"{name}: {total} server connections, pool size {POOL_SIZE}"
-        (pool,) = [p for p in db.show_pools(address) if p["database"] == name]
-        servers = sum(pool[k] for k in ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login"))
-        assert servers <= POOL_SIZE, pool
+        pool = db.pool(address, name)
+        assert pool.clients_active + pool.clients_waiting > 0, f"{name}: no pool: {pool}"
+        assert pool.servers <= POOL_SIZE, pool
         figures[name] = {
             "server_connections": total,
-            "clients": pool["cl_active"] + pool["cl_waiting"],
-            "cl_waiting": pool["cl_waiting"],
-            "sv_active": pool["sv_active"],
-            "sv_idle": pool["sv_idle"],
+            "clients": pool.clients_active + pool.clients_waiting,
+            "cl_waiting": pool.clients_waiting,
+            "sv_active": pool.servers_active,
+            "servers": pool.servers,
         }
     return figures
 

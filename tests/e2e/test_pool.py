@@ -89,7 +89,7 @@ class Sampler:
         pool = read_pool(params, db)
         self.clients[db] = max(self.clients[db], pool.clients_active + pool.clients_waiting)
         self.waiting[db] = max(self.waiting[db], pool.clients_waiting)
-        self.pool_size[db] = pool.max_connections or pool.pool_size
+        self.pool_size[db] = pool.cap
 
 
 @pytest.fixture
