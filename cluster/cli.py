@@ -422,6 +422,7 @@ def add_shard(alias: str | None) -> int:
             "start the cluster with `python -m cluster up` first"
         )
     path = extra_shards.state_path(var_dir())
+    reserved = reserved_ports()
     with extra_shards.locked(var_dir()):
         recorded = extra_shards.load(path)
         shard, new = extra_shards.plan(
@@ -429,11 +430,11 @@ def add_shard(alias: str | None) -> int:
             recorded=recorded,
             configured=[*lc.SHARDS, directory.name],
             registered=extra_shards.registered_shards(directory, directory_db),
-            reserved_ports=reserved_ports(),
+            reserved_ports=reserved,
             base=extra_shards.port_base(),
             # A shard's server and its pooler both need their port.
             in_use=lambda port: any(
-                port_in_use(each) or not bindable(each) or each in reserved_ports()
+                port_in_use(each) or not bindable(each) or each in reserved
                 for each in (port, lc.pooler_port(port))
             ),
         )

@@ -107,7 +107,7 @@ class Pooler:
             f"auth_file = {real(self.users_file)}",
             # Transaction pooling: a server connection serves one transaction at a time,
             # so no session state (session advisory locks, SET, server-side cursors
-            # outside a transaction) may be relied upon; docs/operations.md.
+            # outside a transaction) may be relied upon; docs/pooling.md.
             "pool_mode = transaction",
             f"default_pool_size = {self.pool_size}",
             f"max_db_connections = {self.pool_size}",

@@ -70,8 +70,6 @@ class RunnerLock:
 
     def claim(self, run: Rebalance) -> None:
         """Hold the run's own key: from now on the run is not 'interrupted'."""
-        if run.pk in self.held:
-            return
         if not self.try_lock(run.pk):
             raise RebalanceBusy(f"{run.kind} {run.pk} is being run by {lock_holder(run.pk)}")
 
