@@ -10,16 +10,19 @@ import re
 import secrets
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import psycopg2
 
-from cluster import celery_procs, extra_shards, state
+from cluster import celery_procs, extra_shards, patroni, state
 from cluster.appnodes import AppNode, app_nodes
 from cluster.django_steps import add_extra_shard, run_django_steps
+from cluster.etcd import Etcd
 from cluster.haproxy import HAProxy
+from cluster.patroni import ReplicatedDatabase
 from cluster.pgbouncer import Pooler
 from cluster.ports import bindable, port_in_use
 from cluster.postgres import PostgresInstance
@@ -54,28 +57,40 @@ def shown(path: Path) -> str:
         return str(path)
 
 
-def postgres_instances() -> list[tuple[PostgresInstance, str]]:
-    """(instance, database name) for the directory, every configured shard and extra shard."""
-    root, logs = var_dir() / "pg", var_dir() / "log"
+DatabaseServer = PostgresInstance | ReplicatedDatabase
+
+
+def database_server(name: str, port: int, port_env: str | None = None) -> DatabaseServer:
+    """What serves a database on `port`: one PostgreSQL, or Patroni replicas behind a proxy
+    (FLEET_REPLICAS >= 2). Either way every client reaches it at `port` (via its pooler)."""
+    if lc.REPLICAS > 1:
+        return ReplicatedDatabase(name, port, var_dir(), lc.REPLICAS, lc.ETCD_PORT, port_env)
+    return PostgresInstance(name, port, var_dir() / "pg", var_dir() / "log", port_env=port_env)
+
+
+def postgres_instances() -> list[tuple[DatabaseServer, str]]:
+    """(server, database name) for the directory, every configured shard and extra shard."""
     instances = [
         (
-            PostgresInstance(
-                "directory", lc.DIRECTORY_PORT, root, logs, port_env="FLEET_DIRECTORY_PORT"
-            ),
+            database_server("directory", lc.DIRECTORY_PORT, "FLEET_DIRECTORY_PORT"),
             lc.DIRECTORY_DB,
         )
     ]
     for alias, (port, dbname) in lc.SHARDS.items():
-        port_env = f"FLEET_{alias.upper()}_PORT"
-        instances.append((PostgresInstance(alias, port, root, logs, port_env=port_env), dbname))
+        instances.append((database_server(alias, port, f"FLEET_{alias.upper()}_PORT"), dbname))
     known = {instance.name for instance, _ in instances}
     for shard in recorded_extra_shards().values():
         if shard.alias not in known:
-            instances.append((extra_shards.instance(shard, var_dir()), shard.db))
+            instances.append((database_server(shard.alias, shard.port), shard.db))
     return instances
 
 
-def pooler_for(instance: PostgresInstance) -> Pooler:
+def etcd_instance() -> Etcd:
+    """The etcd the replicated shape's Patroni members elect their primaries through."""
+    return Etcd(var_dir(), lc.ETCD_PORT)
+
+
+def pooler_for(instance: DatabaseServer) -> Pooler:
     """The PgBouncer in front of `instance`, through which every process reaches it."""
     return Pooler(instance.name, instance.port, var_dir())
 
@@ -152,7 +167,13 @@ def _site_urls(haproxy: HAProxy) -> dict[str, Any]:
 def up() -> int:
     """Start everything that is not running, create databases, run the Django steps."""
     var_dir().mkdir(parents=True, exist_ok=True)
-    print("postgres:")
+    data = state.load(state_file())
+    _check_shape(data)
+    if lc.REPLICAS > 1:
+        etcd = etcd_instance()
+        started = etcd.ensure_running()
+        print(f"etcd:\n  {'etcd':<10} {etcd.url}  {'started' if started else 'already running'}")
+    print("postgres:" if lc.REPLICAS == 1 else f"postgres ({lc.REPLICAS} replicas each, Patroni):")
     for instance, dbname in postgres_instances():
         started = instance.ensure_running()
         created = instance.create_database(dbname)
@@ -170,7 +191,7 @@ def up() -> int:
     started = redis.ensure_running()
     print(f"  {'redis':<10} {lc.HOST}:{redis.port}  {'started' if started else 'already running'}")
 
-    data = state.load(state_file())
+    data["replicas"] = lc.REPLICAS
     data["directory"] = _endpoint(lc.DIRECTORY_PORT, lc.DIRECTORY_DB)
     data["shards"] = shard_endpoints()
     data["redis"] = redis.url()
@@ -213,6 +234,18 @@ def up() -> int:
         _simulate_once(data)
     _print_summary(data)
     return 0
+
+
+def _check_shape(data: dict[str, Any]) -> None:
+    """A var dir holds one shape: its databases are not carried from one to the other."""
+    made_with = data.get("replicas", 1) if data.get("directory") else lc.REPLICAS
+    if made_with != lc.REPLICAS:
+        raise ClusterError(
+            f"{shown(var_dir())} holds a cluster made with FLEET_REPLICAS={made_with}, not"
+            f" {lc.REPLICAS}; its databases are not converted. Run it with FLEET_REPLICAS="
+            f"{made_with}, or run `python -m cluster down` and start the other shape in"
+            " another FLEET_VAR_DIR (or after removing this one)"
+        )
 
 
 def _app_tier_up(data: dict[str, Any]) -> None:
@@ -261,9 +294,13 @@ def _print_summary(data: dict[str, Any]) -> None:
     print("Local cluster is up:")
     directory = data["directory"]
     for name, where in [("directory", directory), *data["shards"].items()]:
+        server = f"postgres :{where['port']}"
+        if lc.REPLICAS > 1:
+            nodes = ", ".join(f":{lc.node_port(where['port'], n)}" for n in range(lc.REPLICAS))
+            server = f"primary via :{where['port']}; replicas {nodes}"
         print(
             f"  {name:<10} pgbouncer {where['host']}:{lc.pooler_port(where['port'])}/{where['db']}"
-            f" (postgres :{where['port']})"
+            f" ({server})"
         )
     print(f"  redis      {data['redis']}")
     print(f"  DB login   {lc.DB_USER} / {lc.DB_PASSWORD}")
@@ -291,8 +328,9 @@ def _print_summary(data: dict[str, Any]) -> None:
 # -- down -----------------------------------------------------------------------
 
 
-def _all_postgres_instances() -> list[PostgresInstance]:
-    """Configured instances plus any other data dir `up` left in var/pg (e.g. a renamed shard)."""
+def _all_postgres_instances() -> list[DatabaseServer]:
+    """Configured servers, then any other data dir `up` left in var/pg (e.g. a renamed
+    shard, or a replica of the other shape), stopped after their Patroni leftovers."""
     instances = [instance for instance, _ in postgres_instances()]
     known = {instance.name for instance in instances}
     root = var_dir() / "pg"
@@ -332,10 +370,21 @@ def down() -> int:
         if pooler.stop():
             print(f"stopped pgbouncer {instance.name} (pid {pid})")
             stopped += 1
+        if isinstance(instance, PostgresInstance):
+            # Replicas of a shape not configured now: their Patroni first, or it restarts them.
+            for what in patroni.stop_leftovers(var_dir(), instance.name):
+                print(f"stopped {what}")
+                stopped += 1
         pid = instance.pid()
         if instance.stop():
-            print(f"stopped postgres {instance.name} (pid {pid})")
+            kind = "postgres" if isinstance(instance, PostgresInstance) else "patroni replicas of"
+            print(f"stopped {kind} {instance.name} (pid {pid})")
             stopped += 1
+    etcd = etcd_instance()
+    pid = etcd.pid()
+    if etcd.stop():
+        print(f"stopped etcd (pid {pid})")
+        stopped += 1
     if not stopped:
         print("nothing was running")
     return 0
@@ -348,11 +397,24 @@ def status() -> int:
     """One row per component; exit 3 unless every component answers."""
     rows: list[tuple[str, str, str, str, str]] = []
     pools: list[str] = []
+    replication: list[str] = []
+    if lc.REPLICAS > 1:
+        etcd = etcd_instance()
+        rows.append(("etcd", "etcd", str(etcd.port), str(etcd.pid() or "-"), _yes(etcd.is_ready())))
     for instance, dbname in postgres_instances():
         pid = instance.pid()
         port = instance.running_port() or instance.port
         answers = instance.is_ready()
-        rows.append((instance.name, "postgres", str(port), str(pid or "-"), _yes(answers)))
+        if isinstance(instance, ReplicatedDatabase):
+            for node in instance.nodes:
+                running = node.is_running()
+                rows.append(
+                    (node.name, "patroni", str(node.port), str(node.pid() or "-"), _yes(running))
+                )
+            rows.append((instance.name, "dbproxy", str(port), str(pid or "-"), _yes(answers)))
+            replication.extend(_replication_lines(instance))
+        else:
+            rows.append((instance.name, "postgres", str(port), str(pid or "-"), _yes(answers)))
         pooler = pooler_for(instance)
         pooled = pooler.pid()
         try:
@@ -392,7 +454,25 @@ def status() -> int:
         )
     print("pools (PgBouncer, transaction mode; servers = connections to PostgreSQL / cap):")
     print("\n".join(pools))
+    if replication:
+        print("replication (Patroni; lag = bytes of WAL the standby has not replayed):")
+        print("\n".join(replication))
     return 0 if all(row[4] == "yes" for row in rows) else EXIT_NOT_ALL_UP
+
+
+def _replication_lines(database: ReplicatedDatabase) -> list[str]:
+    members = database.members()
+    if not members:
+        return [f"  {database.name:<10} no Patroni member answers"]
+    lines = []
+    for member in members:
+        lag = "" if member.get("role") == "leader" else f"  lag {member.get('lag', '?')}"
+        lines.append(
+            f"  {database.name:<10} {member.get('name', '?'):<14} :{member.get('port', '?'):<6}"
+            f" {member.get('role', '?'):<13} {member.get('state', '?')}"
+            f"  timeline {member.get('timeline', '?')}{lag}"
+        )
+    return lines
 
 
 def _yes(flag: bool) -> str:
@@ -402,11 +482,20 @@ def _yes(flag: bool) -> str:
 # -- add-shard ------------------------------------------------------------------
 
 
+def database_ports(port: int) -> set[int]:
+    """The ports a database on `port` takes: its own, its pooler's, and in the replicated
+    shape each replica's and its Patroni's."""
+    server = database_server("-", port)
+    own = server.ports() if isinstance(server, ReplicatedDatabase) else {port}
+    return own | {lc.pooler_port(port)}
+
+
 def reserved_ports() -> set[int]:
     """Every port the cluster's own components use, running or not."""
     servers = {lc.DIRECTORY_PORT, *(port for port, _ in lc.SHARDS.values())}
-    poolers = {lc.pooler_port(port) for port in servers}
-    return servers | poolers | {lc.REDIS_PORT, lc.HTTP_PORT, lc.STATS_PORT, *lc.APP_PORTS}
+    databases = set().union(*(database_ports(port) for port in servers))
+    etcd = {lc.ETCD_PORT, lc.ETCD_PORT + 1} if lc.REPLICAS > 1 else set()
+    return databases | etcd | {lc.REDIS_PORT, lc.HTTP_PORT, lc.STATS_PORT, *lc.APP_PORTS}
 
 
 def add_shard(alias: str | None) -> int:
@@ -432,21 +521,21 @@ def add_shard(alias: str | None) -> int:
             registered=extra_shards.registered_shards(directory, directory_db),
             reserved_ports=reserved,
             base=extra_shards.port_base(),
-            # A shard's server and its pooler both need their port.
+            # A shard's server, its pooler (and replicas) all need their port.
             in_use=lambda port: any(
                 port_in_use(each) or not bindable(each) or each in reserved
-                for each in (port, lc.pooler_port(port))
+                for each in database_ports(port)
             ),
         )
         print("postgres:")
-        instance = extra_shards.instance(shard, var_dir())
+        instance = database_server(shard.alias, shard.port)
         started = instance.ensure_running()
         pooler = pooler_for(instance)
         pooled = pooler.ensure_running()
         print(
             f"  {shard.alias:<10} {lc.HOST}:{shard.port}  "
             f"{'started' if started else 'already running'}"
-            f"{' (new instance)' if new else ''}, data {shown(instance.data_dir)}; pgbouncer"
+            f"{' (new instance)' if new else ''}, {_data_of(instance)}; pgbouncer"
             f" {lc.HOST}:{pooler.port} {'started' if pooled else 'already running'}",
             flush=True,
         )
@@ -474,6 +563,34 @@ def add_shard(alias: str | None) -> int:
         "use it within SHARD_REGISTRY_TTL seconds (default 5), without a restart."
     )
     print("See it: .venv/bin/python manage.py cluster_status")
+    return 0
+
+
+def _data_of(server: DatabaseServer) -> str:
+    if isinstance(server, ReplicatedDatabase):
+        return "replicas " + ", ".join(f"{node.name} :{node.port}" for node in server.nodes)
+    return f"data {shown(server.data_dir)}"
+
+
+# -- switchover -----------------------------------------------------------------
+
+# How long PAUSE may wait for the transactions in flight before the switchover gives up.
+SWITCHOVER_PAUSE_TIMEOUT = 15.0
+
+
+def switchover(name: str, candidate: str | None) -> int:
+    """Hand a replicated database's primary role to a standby with no failed transaction:
+    the pooler holds new transactions while Patroni switches, then resumes them."""
+    servers = {server.name: (server, dbname) for server, dbname in postgres_instances()}
+    if name not in servers:
+        raise ClusterError(f"no database {name!r}; choose from {', '.join(servers)}")
+    server, dbname = servers[name]
+    if not isinstance(server, ReplicatedDatabase):
+        raise ClusterError(f"{name} has no standby: start the cluster with FLEET_REPLICAS=2")
+    started = time.monotonic()
+    with pooler_for(server).paused(dbname, SWITCHOVER_PAUSE_TIMEOUT):
+        old, new = server.switchover(candidate)
+    print(f"{name}: {new} is the primary (was {old}); took {time.monotonic() - started:.1f}s")
     return 0
 
 
@@ -541,6 +658,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     add.add_argument(
         "alias", nargs="?", default=None, help="shard alias (default: the next free shard_N)"
     )
+    switch = commands.add_parser(
+        "switchover",
+        help="hand a replicated database's primary role to its standby (FLEET_REPLICAS >= 2)",
+        description="A planned switchover: the database's pooler holds new transactions"
+        " (PAUSE), Patroni demotes the primary and promotes a synchronous standby, the proxy"
+        " follows it, and the pooler resumes: clients wait a few seconds, none fails.",
+    )
+    switch.add_argument("name", help="directory, shard_1, ...")
+    switch.add_argument("--to", default=None, help="the member to promote (default: a standby)")
     sim = commands.add_parser("simulate", help="demo devices upload batches through HAProxy")
     sim.add_argument(
         "--seconds",
@@ -557,6 +683,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reload": reload,
         "simulate": lambda: simulate_command(args.seconds),
         "add-shard": lambda: add_shard(args.alias),
+        "switchover": lambda: switchover(args.name, args.to),
     }
     try:
         return handlers[args.command]()

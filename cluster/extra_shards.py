@@ -14,9 +14,9 @@ import re
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from cluster import state
-from cluster.postgres import PostgresInstance
 from cluster.util import ClusterError
 
 STATE_FILE = "extra_shards.json"
@@ -147,12 +147,13 @@ def plan(
 # -- the running cluster --------------------------------------------------------
 
 
-def instance(shard: ExtraShard, var: Path) -> PostgresInstance:
-    """Its PostgreSQL server, laid out like shard_1's: var/pg/<alias>, var/log/<alias>.log."""
-    return PostgresInstance(shard.alias, shard.port, var / "pg", var / "log")
+class RunsSql(Protocol):
+    """A database server psql can talk to (PostgresInstance, or replicas behind a proxy)."""
+
+    def psql(self, sql: str, dbname: str = ...) -> str: ...
 
 
-def registered_shards(directory: PostgresInstance, dbname: str) -> dict[str, str]:
+def registered_shards(directory: RunsSql, dbname: str) -> dict[str, str]:
     """alias -> host:port/db of every shard in the directory's registry, retired ones too."""
     try:
         output = directory.psql(REGISTRY_SQL + "\n", dbname=dbname)

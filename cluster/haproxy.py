@@ -77,6 +77,25 @@ def render_haproxy_cfg(
     )
 
 
+def launch_foreground(cfg_file: Path, log_file: Path, pid_file: Path) -> subprocess.Popen:
+    """`haproxy -f cfg_file -db` in a session of its own, output appended to `log_file`.
+
+    The caller waits for its listeners; the config path marks the process as ours.
+    """
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as log:
+        proc = subprocess.Popen(
+            [haproxy_binary(), "-f", str(cfg_file), "-db"],
+            cwd=cfg_file.parent,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    pid_file.write_text(f"{proc.pid}\n")
+    return proc
+
+
 def check_config(path: Path) -> None:
     """`haproxy -c -f path`; raises ClusterError with HAProxy's complaint if it is invalid."""
     run([haproxy_binary(), "-c", "-q", "-f", str(path)], what=f"haproxy -c -f {path}")
@@ -214,17 +233,7 @@ class HAProxy:
                     f"haproxy: port {port} on {self.host} is taken by something that is not "
                     "this cluster's HAProxy (set FLEET_HTTP_PORT / FLEET_STATS_PORT)"
                 )
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
-            proc = subprocess.Popen(
-                [haproxy_binary(), "-f", str(self.cfg_file), "-db"],
-                cwd=self.var,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.pid_file.write_text(f"{proc.pid}\n")
+        proc = launch_foreground(self.cfg_file, self.log_file, self.pid_file)
 
         def listening() -> bool:
             return proc.poll() is not None or (

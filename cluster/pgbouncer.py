@@ -8,7 +8,11 @@ clients connect. Its files live in var/pgbouncer/<name>.*; as root it runs as th
 postgres OS user (PgBouncer, like PostgreSQL, refuses root).
 """
 
+import contextlib
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg2
@@ -90,6 +94,55 @@ class Pooler:
         params = {"host": HOST, "port": self.port, "user": DB_USER, "password": DB_PASSWORD}
         return read_pool(params, dbname)
 
+    def _console(self) -> psycopg2.extensions.connection:
+        params = {"host": HOST, "port": self.port, "user": DB_USER, "password": DB_PASSWORD}
+        connection = psycopg2.connect(**params, dbname="pgbouncer", connect_timeout=5)
+        connection.autocommit = True  # the console knows no transactions
+        return connection
+
+    @contextlib.contextmanager
+    def paused(self, dbname: str, timeout: float) -> Iterator[None]:
+        """Hold new transactions on `dbname` while the body runs; resume them after.
+
+        PAUSE returns once every transaction in flight has finished and the pooler has
+        closed its server connections; clients then wait in the pooler (up to
+        QUERY_WAIT_TIMEOUT) instead of failing, and RESUME hands them fresh connections,
+        to whichever server is primary by then. A transaction still open after `timeout`
+        seconds (a long move, say) makes it give up and resume without running the body.
+        """
+        done = threading.Event()
+        failure: list[BaseException] = []
+
+        def pause() -> None:
+            try:
+                with contextlib.closing(self._console()) as console:
+                    console.cursor().execute(f'PAUSE "{dbname}"')
+            except BaseException as exc:  # reported by the caller's thread
+                failure.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=pause, daemon=True).start()
+        try:
+            if not done.wait(timeout):
+                raise ClusterError(
+                    f"{self.name} pooler: transactions on {dbname} still open after"
+                    f" {timeout:.0f}s; nothing was changed"
+                )
+            if failure:
+                raise ClusterError(f"{self.name} pooler: PAUSE failed: {failure[0]}")
+            yield
+        finally:
+            self._resume(dbname)
+
+    def _resume(self, dbname: str) -> None:
+        try:
+            with contextlib.closing(self._console()) as console:
+                console.cursor().execute(f'RESUME "{dbname}"')
+        except psycopg2.Error as exc:
+            if "not paused" not in str(exc):
+                raise ClusterError(f"{self.name} pooler: RESUME {dbname} failed: {exc}") from exc
+
     def _config(self) -> str:
         real = os.path.realpath
         lines = [
@@ -114,6 +167,8 @@ class Pooler:
             "reserve_pool_size = 0",
             f"max_client_conn = {MAX_CLIENT_CONN}",
             f"stats_users = {DB_USER}",
+            # PAUSE and RESUME around a planned switchover (python -m cluster switchover).
+            f"admin_users = {DB_USER}",
             # A server that went away is tried again after a second, not PgBouncer's 15:
             # until then clients get "cannot connect to server" at once (the app's 503).
             "server_login_retry = 1",
@@ -131,7 +186,12 @@ class Pooler:
 
     def ensure_running(self) -> bool:
         """Start the pooler unless ours answers. Returns True if it started it now."""
-        if self.pid() is not None:
+        pid = self.pid()
+        if pid is not None:
+            if self.ini_file.read_text() != self._config():
+                # Written by an older checkout: SIGHUP makes PgBouncer read it again.
+                self.ini_file.write_text(self._config())
+                os.kill(pid, signal.SIGHUP)
             if wait_for(self.is_ready, timeout=START_TIMEOUT):
                 return False
             raise ClusterError(

@@ -37,6 +37,17 @@ POOLED = os.environ.get("FLEET_POOLER", "on") != "off"
 
 REDIS_PORT = int(os.environ.get("FLEET_REDIS_PORT", "56379"))
 
+# FLEET_REPLICAS=2 (or more): each database is that many PostgreSQL servers managed by
+# Patroni (synchronous replication, automatic failover; one etcd holds the leader keys),
+# and the database's own port above is a TCP proxy that leads to the current primary.
+# 1 (the default): one PostgreSQL server per database, listening on that port itself.
+REPLICAS = int(os.environ.get("FLEET_REPLICAS", "1"))
+# Replica n of the database whose port is P listens on P + NODE_PORT_OFFSET + 100 n,
+# its Patroni REST API on P + PATRONI_PORT_OFFSET + 100 n.
+NODE_PORT_OFFSET = int(os.environ.get("FLEET_NODE_PORT_OFFSET", "1000"))
+PATRONI_PORT_OFFSET = int(os.environ.get("FLEET_PATRONI_PORT_OFFSET", "3000"))
+ETCD_PORT = int(os.environ.get("FLEET_ETCD_PORT", "52379"))
+
 # The app tier: HAProxy's frontend for devices and browsers, its stats page, and one
 # uWSGI node per port behind it (FLEET_APP_PORTS is a comma-separated list).
 HTTP_PORT = int(os.environ.get("FLEET_HTTP_PORT", "8000"))
@@ -52,6 +63,16 @@ APP_PORTS = [
 def pooler_port(server_port: int) -> int:
     """Where the pooler in front of the PostgreSQL instance on `server_port` listens."""
     return server_port + POOLER_PORT_OFFSET
+
+
+def node_port(server_port: int, replica: int) -> int:
+    """Where replica `replica` (0, 1, ...) of the database on `server_port` listens."""
+    return server_port + NODE_PORT_OFFSET + 100 * replica
+
+
+def patroni_port(server_port: int, replica: int) -> int:
+    """The Patroni REST API of that replica."""
+    return server_port + PATRONI_PORT_OFFSET + 100 * replica
 
 
 def client_port(server_port: int) -> int:
