@@ -60,6 +60,7 @@ class ShardAdmin(admin.ModelAdmin):
         "reachable",
         "latency",
         "pool",
+        "replication",
         "import_lag",
     )
     list_filter = ("state",)
@@ -122,6 +123,10 @@ class ShardAdmin(admin.ModelAdmin):
             return f.pool.summary()
 
         return _figure(shard, pool)
+
+    @admin.display(description="replication")
+    def replication(self, shard: Shard) -> str:
+        return _figure(shard, lambda f: f.replication.summary() if f.replication else "-")
 
     @admin.display(description="import lag")
     def import_lag(self, shard: Shard) -> str:

@@ -16,6 +16,7 @@ from django.db import connections
 from django.utils import timezone
 
 from core.pooler import PoolFigures
+from core.replication import Replication, read_replication
 from routers.fanout import fan_out
 from routers.silos import shard_models
 from shards.models import Upload
@@ -45,6 +46,8 @@ class ShardFigures:
     # The pooler in front of the shard (None: reached directly), or why it did not say.
     pool: PoolFigures | None = None
     pool_error: str = ""
+    # The primary the shard's clients reach and its standbys (lag, synchronous or not).
+    replication: Replication | None = None
 
     @property
     def oldest_staged_seconds(self) -> float | None:
@@ -69,7 +72,9 @@ def figures_on_shard(alias: str) -> ShardFigures:
         rows = cursor.fetchone()[0]
         cursor.execute(_STAGED_SQL)
         staged, oldest = cursor.fetchone()
+        replication = read_replication(cursor)
     figures = ShardFigures(alias, True, "", round(latency_ms, 2), size, rows, staged, oldest)
+    figures.replication = replication
     try:
         figures.pool = pool_figures(alias)
     except psycopg2.Error as exc:

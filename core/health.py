@@ -22,6 +22,7 @@ from django.views.decorators.http import require_GET
 
 from core.celery import app as celery_app
 from core.client_ip import address_in, client_ip
+from core.replication import read_replication
 from routers.aliases import DIRECTORY_ALIAS
 from routers.fanout import fan_out
 from routers.registry import serving_shards
@@ -45,6 +46,19 @@ def _timed(check: Callable[[], Any]) -> dict[str, Any]:
 def _select_one(alias: str) -> None:
     with connections[alias].cursor() as cursor:
         cursor.execute("SELECT 1")
+
+
+def _database_check(alias: str) -> dict[str, Any]:
+    """A round trip, then which primary answered and its standbys (not part of readiness:
+    a database that lost its standby still serves)."""
+    check = _timed(lambda: _select_one(alias))
+    if check["ok"]:
+        try:
+            with connections[alias].cursor() as cursor:
+                check["replication"] = read_replication(cursor).as_json()
+        except DatabaseError as exc:
+            check["replication_error"] = str(exc).strip()[:300]
+    return check
 
 
 def _cache_round_trip() -> None:
@@ -73,7 +87,7 @@ def readyz(request: HttpRequest) -> JsonResponse:
     if not may_read_readiness(request):
         raise Http404
     checks: dict[str, Any] = {
-        "directory": _timed(lambda: _select_one(DIRECTORY_ALIAS)),
+        "directory": _database_check(DIRECTORY_ALIAS),
         "cache": _timed(_cache_round_trip),
         "broker": _timed(_broker_round_trip),
     }
@@ -81,7 +95,7 @@ def readyz(request: HttpRequest) -> JsonResponse:
         aliases = serving_shards()
     except Exception as exc:  # the directory is down: no list of shards to check
         aliases, checks["shards"] = [], {"ok": False, "error": str(exc).strip()[:300]}
-    shards = fan_out(lambda alias: _timed(lambda: _select_one(alias)), aliases)
+    shards = fan_out(_database_check, aliases)
     ready = all(c.get("ok") for c in checks.values()) and all(s["ok"] for s in shards.values())
     body = {"ready": ready, **checks, "shards": shards}
     return JsonResponse(body, status=200 if ready else 503)

@@ -8,6 +8,7 @@ from django.db import connections
 from django.utils import timezone
 
 from core.pooler import NoPooler, PoolFigures, read_pool
+from core.replication import Replication, Standby, read_replication
 from routers.fanout import fan_out
 from routers.registry import own_connection_params
 from shards.fence import HELD_DEVICES_SQL, held_devices
@@ -41,7 +42,33 @@ def shard_stats(alias: str) -> dict[str, Any]:
         cursor.execute("SELECT pg_database_size(current_database())")
         stats["size_bytes"] = cursor.fetchone()[0]
     stats.update(pool_stats(alias))
+    stats.update(replication_stats(alias))
     return stats
+
+
+def replication_of(alias: str) -> Replication:
+    """The primary that `alias` (the directory or a shard) reaches, and its standbys."""
+    with connections[alias].cursor() as cursor:
+        return read_replication(cursor)
+
+
+def replication_stats(alias: str) -> dict[str, Any]:
+    """{"replication": state}, or {"replication_error": why}."""
+    try:
+        return {"replication": replication_of(alias).as_json()}
+    except Exception as exc:  # a status figure: say why it is missing, never fail the page
+        return {"replication": None, "replication_error": str(exc).strip()[:300]}
+
+
+def describe_replication(stats: dict[str, Any]) -> str:
+    """`replication_stats` (or a dict holding its keys) in a few words."""
+    if stats.get("replication_error"):
+        return f"did not say: {stats['replication_error']}"
+    state = stats.get("replication")
+    if state is None:
+        return "-"
+    standbys = [Standby(**standby) for standby in state["standbys"]]
+    return Replication(state["server"], state["in_recovery"], standbys).summary()
 
 
 def pool_figures(alias: str) -> PoolFigures | None:

@@ -18,6 +18,7 @@ from shards.registration import (
     create_shard_database,
     register_shard,
 )
+from shards.stats import describe_replication, replication_stats
 
 EXAMPLES = """\
 examples:
@@ -151,6 +152,7 @@ login must be allowed to create databases."""
         except DatabaseError as exc:
             raise CommandError(f"failed while {doing}: {exc}".strip()) from exc
 
+        replication = replication_stats(shard.alias)
         if quiet:
             result = {
                 "alias": shard.alias,
@@ -161,6 +163,7 @@ login must be allowed to create databases."""
                 "port": int(shard.port),
                 "db_name": shard.db_name,
                 "created_database": created,
+                **replication,
             }
             self.stdout.write(json.dumps(result))
             return
@@ -169,3 +172,4 @@ login must be allowed to create databases."""
             f" {shard.weight}) at {shard.host}:{shard.port}/{shard.db_name}; running processes"
             f" use it within {settings.SHARD_REGISTRY_TTL:g}s"
         )
+        self.stdout.write(f"replication: {describe_replication(replication)}")

@@ -7,11 +7,11 @@ from core.models import Placement, Shard
 from core.pooler import PoolFigures
 from routers.aliases import DIRECTORY_ALIAS
 from routers.registry import refresh_registry
-from shards.stats import all_shard_stats, pool_stats
+from shards.stats import all_shard_stats, describe_replication, pool_stats, replication_stats
 
 COLUMNS = (
     "alias", "state", "weight", "devices", "readings", "staged", "size", "latency", "pool",
-    "where",
+    "replication", "where",
 )  # fmt: skip
 
 
@@ -38,7 +38,8 @@ class Command(BaseCommand):
         "Show every registered shard: state, weight, devices placed on it (from the"
         " directory), readings and staged uploads (from the shard, queried in parallel),"
         " size on disk, round-trip latency, and the pool PgBouncer keeps for it (clients,"
-        " waiting clients, server connections of the cap), and the directory's pool. A"
+        " waiting clients, server connections of the cap), the primary each is served by and"
+        " its standbys (state, synchronous or not, lag), and the same for the directory. A"
         " shard that cannot be reached is shown as DOWN with the reason; the command exits"
         " 1 if any is down."
     )
@@ -70,12 +71,13 @@ class Command(BaseCommand):
                 entry.update(reachable=True, **result)
             report.append(entry)
         down = [e for e in report if e["reachable"] is False]
-        directory = pool_stats(DIRECTORY_ALIAS)
+        directory = {**pool_stats(DIRECTORY_ALIAS), **replication_stats(DIRECTORY_ALIAS)}
         if options["json"]:
             self.stdout.write(json.dumps({"shards": report, "directory": directory}, indent=2))
         else:
             self._print_table(report)
             self.stdout.write(f"directory pool: {_pool(directory)}")
+            self.stdout.write(f"directory replication: {describe_replication(directory)}")
         if down:
             raise SystemExit(1)
 
@@ -91,7 +93,8 @@ class Command(BaseCommand):
                 cells, latency = ("-", "-", "-"), "-"
             head = (e["alias"], e["state"], str(e["weight"]), str(e["devices"]))
             pool = _pool(e) if e["reachable"] else "-"
-            rows.append((*head, *cells, latency, pool, e["where"]))
+            replication = describe_replication(e) if e["reachable"] else "-"
+            rows.append((*head, *cells, latency, pool, replication, e["where"]))
         widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
         for row in rows:
             self.stdout.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
