@@ -12,7 +12,10 @@ Against the running local cluster (var/cluster.json), in this order:
    sustainable rate; then the batches of 100 (flat out, and paced at half that rate)
    through PgBouncer and again with the cluster restarted without it
    (FLEET_POOLER=off, Django straight to PostgreSQL), for the pooler's cost, and the
-   cluster restarted as it was (`--skip-pooler` leaves this out);
+   cluster restarted as it was (`--skip-pooler` leaves this out); and the same two runs
+   on the replicated shape (FLEET_REPLICAS=2: every database a Patroni pair with a
+   synchronous standby, in var/bench-replicated on the same ports), for what synchronous
+   replication costs, the plain cluster started again afterwards (`--skip-replication`);
 2. end-to-end ingest of the 1000-reading run: readings from the first upload received
    to the last one imported, per second, against a raw COPY of as many readings into
    the same shards (split as the devices were, one COPY per shard in parallel);
@@ -39,6 +42,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -388,6 +392,58 @@ class Suite:
         }
         return figures
 
+    # 1d. synchronous replication's cost ---------------------------------------------
+
+    def cluster_command(self, command: str, env: dict[str, str]) -> None:
+        proc = subprocess.run(
+            [sys.executable, "-m", "cluster", command], cwd=ROOT,
+            env={**os.environ, **env}, capture_output=True, text=True, timeout=900,
+            check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise RuntimeError(f"cluster {command} failed: {proc.stdout}{proc.stderr}")
+
+    def replication_figures(self) -> dict:
+        """Batches of 100 flat out and paced at half that rate on this (plain) cluster, then
+        on the replicated shape: the plain cluster stopped, a replicated one started on
+        the same ports in a var dir of its own (made afresh), the same runs, and the plain
+        cluster started again. Each commit there waits for the standby's flush."""
+        plain_flat = self.load("plain_uploads_100", 100, self.args.concurrency)
+        rate = POOLER_PACED_SHARE * plain_flat["uploads_per_s"]
+        plain_paced = self.paced("plain_paced", rate)
+        replicated_var = ROOT / "var" / "bench-replicated"
+        replicated = {"FLEET_REPLICAS": "2", "FLEET_VAR_DIR": str(replicated_var)}
+        self.log("stopping the cluster; starting the replicated shape on its ports")
+        self.cluster_command("down", {})
+        plain_json, plain_info = self.cluster_json, self.info
+        try:
+            self.cluster_command("down", replicated)
+            shutil.rmtree(replicated_var, ignore_errors=True)
+            self.cluster_command("up", replicated)
+            self.cluster_json = replicated_var / "cluster.json"
+            self.info = json.loads(self.cluster_json.read_text())
+            replicated_flat = self.load("replicated_uploads_100", 100, self.args.concurrency)
+            replicated_paced = self.paced("replicated_paced", rate)
+        finally:
+            self.cluster_json, self.info = plain_json, plain_info
+            self.log("stopping the replicated shape; starting the cluster again")
+            self.cluster_command("down", replicated)
+            self.cluster_command("up", {})
+        return {
+            "plain_uploads_per_s": plain_flat["uploads_per_s"],
+            "replicated_uploads_per_s": replicated_flat["uploads_per_s"],
+            "plain_p99_ms": plain_flat["p99_ms"],
+            "replicated_p99_ms": replicated_flat["p99_ms"],
+            "replicated_of_plain": replicated_flat["uploads_per_s"] / plain_flat["uploads_per_s"],
+            "paced_offered_uploads_per_s": rate,
+            "plain_paced_p50_ms": plain_paced["p50_ms"],
+            "replicated_paced_p50_ms": replicated_paced["p50_ms"],
+            "plain_paced_p99_ms": plain_paced["steady_p99_ms"],
+            "replicated_paced_p99_ms": replicated_paced["steady_p99_ms"],
+            "machine_cpu_busy_plain": plain_flat["machine_cpu_busy_of_all_cores"],
+            "machine_cpu_busy_replicated": replicated_flat["machine_cpu_busy_of_all_cores"],
+        }
+
     # 2. end to end against raw COPY ------------------------------------------------
 
     def run_devices(self, key: str) -> list[int]:
@@ -611,6 +667,15 @@ class Suite:
             results[name] = {"error": repr(exc)}
             self.verified_ok = False
 
+    def run_replication_only(self) -> dict:
+        results: dict = {"started": self.stamp, "machine": machine(), "config": {}}
+        self.step("replication", results, self.replication_figures)
+        self.step("cleanup", results, lambda: self.django_figure("cleanup", self.prefix))
+        for figures in self.runs.values():
+            figures.pop("_result", None)
+        results |= {"runs": self.runs, "all_runs_verified": self.verified_ok, "targets": {}}
+        return results
+
     def run(self) -> dict:
         results: dict = {"started": self.stamp, "machine": machine(), "config": vars(self.args)}
         with CpuMeter() as idle:  # what else keeps the machine busy before any load
@@ -626,6 +691,8 @@ class Suite:
         self.step("sustainable", results, self.sustainable_figures)
         if not self.args.skip_pooler:
             self.step("pooler", results, self.pooler_figures)
+        if not self.args.skip_replication:
+            self.step("replication", results, self.replication_figures)
         self.step("haproxy", results, self.haproxy_figures)
         self.step("uploads_1000", self.runs, lambda: self.load("uploads_1000", 1000, c))
         self.step("ingest", results, lambda: self.ingest_figures("uploads_1000"))
@@ -811,6 +878,23 @@ def markdown(results: dict) -> str:
             f" {paced['devices_per_node_at_one_upload_a_minute']:,.0f}"
             f" | {paced['app_nodes']} nodes | | |"
         )
+    replication = results.get("replication", {})
+    if "replicated_of_plain" in replication:
+        r = replication
+        lines.append(
+            f"| 1 | batches of 100 flat out, every database a Patroni pair (synchronous"
+            f" standby) | {r['replicated_uploads_per_s']:,.0f}/s, p99"
+            f" {r['replicated_p99_ms']:.0f} ms | one server per database:"
+            f" {r['plain_uploads_per_s']:,.0f}/s, p99 {r['plain_p99_ms']:.0f} ms |"
+            f" {pct(r['replicated_of_plain'])} | |"
+        )
+        lines.append(
+            f"| 1 | batches of 100 offered at {r['paced_offered_uploads_per_s']:,.0f}/s,"
+            f" replicated | p50 {r['replicated_paced_p50_ms']:.0f} ms, steady p99"
+            f" {r['replicated_paced_p99_ms']:.0f} ms | one server per database: p50"
+            f" {r['plain_paced_p50_ms']:.0f} ms, steady p99 {r['plain_paced_p99_ms']:.0f} ms"
+            f" | | |"
+        )
     pool = results.get("pooler", {})
     if "pooled_of_direct" in pool:
         lines.append(
@@ -946,6 +1030,16 @@ def main() -> int:
     parser.add_argument(
         "--skip-pooler", action="store_true", help="No runs without the pooler (no restarts)."
     )
+    parser.add_argument(
+        "--skip-replication",
+        action="store_true",
+        help="No runs on the replicated shape (no restarts).",
+    )
+    parser.add_argument(
+        "--only-replication",
+        action="store_true",
+        help="Only the replication step (its plain and replicated runs).",
+    )
     parser.add_argument("--quick", action="store_true", help="Short runs, small benches.")
     parser.add_argument("--cluster-json", type=Path, default=ROOT / "var" / "cluster.json")
     args = parser.parse_args()
@@ -956,7 +1050,7 @@ def main() -> int:
         print(f"{args.cluster_json} is missing: run `make up` first", file=sys.stderr)
         return 2
     suite = Suite(args)
-    results = suite.run()
+    results = suite.run_replication_only() if args.only_replication else suite.run()
     table = markdown(results)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{suite.stamp}.json").write_text(json.dumps(results, indent=1, default=str))

@@ -186,6 +186,11 @@ def test_the_shards_page_shows_figures_and_marks_a_dead_shard(staff, three_shard
         id="shard-pool"
     )
     assert re.search(r"\d+ clients active, \d+ waiting .* \d+ server connections", pool_row.text)
+    # And which server is the primary, with its standbys (the unit suite's have none).
+    page = parse_html(staff.get("/admin/core/shard/shard_1/change/").content)
+    replication_row = page.one(id="shard-replication")
+    assert re.search(r"primary 127\.0\.0\.1:\d+, no standby", replication_row.text)
+    assert body.count(", no standby") >= len(three_shards)  # the replication column
 
 
 def test_change_weight(staff):

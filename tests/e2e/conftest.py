@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import closing, suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -68,6 +69,10 @@ class E2ECluster:
     def url(self) -> str:
         return self.info["url"].rstrip("/")
 
+    @property
+    def var(self) -> Path:
+        return Path(self.env["FLEET_VAR_DIR"])
+
     def tool(self, *args: str, timeout: float = 600) -> str:
         """Run `python -m cluster ARGS` against this cluster; fail with its output."""
         proc = subprocess.run(
@@ -83,7 +88,7 @@ class E2ECluster:
 
     def reload_info(self) -> None:
         """Re-read var/e2e/cluster.json (add-shard adds a shard to it)."""
-        self.info = json.loads((E2E_VAR / "cluster.json").read_text())
+        self.info = json.loads((self.var / "cluster.json").read_text())
 
     def manage(self, *args: str, timeout: float = 600) -> str:
         """Run `manage.py ARGS` against this cluster, as its operator would; fail with output."""
@@ -114,6 +119,11 @@ class E2ECluster:
             shown.append(f"$ manage.py {' '.join(args)}\n{proc.stdout}{proc.stderr}")
         return "\n".join(shown)
 
+    def clean_up_old_copies(self) -> None:
+        """Wait out the grace period, then remove moved devices' rows from their old shards."""
+        time.sleep(float(self.env["MOVE_CLEANUP_GRACE_SECONDS"]) + 0.5)
+        self.manage("move_device", "--cleanup")
+
     def pids(self, marker: str) -> list[int]:
         return pids_with_marker(marker)
 
@@ -126,13 +136,13 @@ class E2ECluster:
         return pids
 
     def app_marker(self, n: int) -> str:
-        return str(E2E_VAR / "run" / f"app-{n}.ini")
+        return str(self.var / "run" / f"app-{n}.ini")
 
     def stats_csv(self) -> list[dict[str, str]]:
         import base64
         import http.client
 
-        host, port = "127.0.0.1", int(E2E_ENV["FLEET_STATS_PORT"])
+        host, port = "127.0.0.1", int(self.env["FLEET_STATS_PORT"])
         auth = base64.b64encode(
             f"{self.info['stats_user']}:{self.info['stats_password']}".encode()
         ).decode()
@@ -222,12 +232,13 @@ def wipe_previous_cluster(env: dict[str, str]) -> None:
         [sys.executable, "-m", "cluster", "down"], cwd=local_cluster.REPO_ROOT, env=env,
         capture_output=True, timeout=300, check=False,
     )  # fmt: skip
-    pg_root = E2E_VAR / "pg"
+    var = Path(env["FLEET_VAR_DIR"])
+    pg_root = var / "pg"
     if pg_root.is_dir():
         for data_dir in pg_root.iterdir():
-            PostgresInstance(data_dir.name, 0, pg_root, E2E_VAR / "log").destroy()
-    for leftover in ("pg", "redis", "run", "cluster.json", "extra_shards.json"):
-        path = E2E_VAR / leftover
+            PostgresInstance(data_dir.name, 0, pg_root, var / "log").destroy()
+    for leftover in ("pg", "redis", "run", "etcd", "patroni", "cluster.json", "extra_shards.json"):
+        path = var / leftover
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         else:
@@ -254,7 +265,7 @@ def enroll(cluster: E2ECluster, serial: str) -> DeviceRecord:
     import http.client
 
     body = json.dumps({"provisioning_key": cluster.info["provisioning_key"], "serial": serial})
-    port = int(E2E_ENV["FLEET_HTTP_PORT"])
+    port = int(cluster.env["FLEET_HTTP_PORT"])
     with closing(http.client.HTTPConnection("127.0.0.1", port, timeout=10)) as connection:
         connection.request(
             "POST", "/api/v1/device/enroll", body=body, headers={"Content-Type": "application/json"}

@@ -15,7 +15,7 @@ from datetime import timedelta
 import pytest
 
 from shards.ids import shard_number_of
-from tests.e2e.conftest import E2E_ENV, E2ECluster, enroll_fleet, report
+from tests.e2e.conftest import E2ECluster, enroll_fleet, report
 from tests.e2e.device_load import T0, DeviceLoad, DeviceRecord, post_upload
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -44,12 +44,6 @@ def no_failures_and_stored_once(
     assert load.failures() == [], load.failures()[:5]
     assert load.unexpected == []
     return cluster.assert_exactly_once(devices)
-
-
-def clean_up_old_copies(cluster: E2ECluster) -> None:
-    """Wait out the grace period, then remove moved devices' rows from their old shards."""
-    time.sleep(float(E2E_ENV["MOVE_CLEANUP_GRACE_SECONDS"]) + 0.5)
-    cluster.manage("move_device", "--cleanup")
 
 
 def moves_of(cluster: E2ECluster, device_ids: set[int]) -> list[tuple]:
@@ -155,7 +149,7 @@ def test_add_shard_under_load_and_rebalance_onto_it(e2e_cluster: E2ECluster, upl
         set_pins(e2e_cluster, only=pinned, pinned=False)
         if new_shard is not None:
             set_weight(e2e_cluster, new_shard, 100)
-    clean_up_old_copies(e2e_cluster)
+    e2e_cluster.clean_up_old_copies()
 
     placement = e2e_cluster.placements()
     on_new = [device_id for device_id, alias in placement.items() if alias == new_shard]
@@ -205,7 +199,7 @@ def test_rebalance_between_three_shards_under_load(e2e_cluster: E2ECluster, uplo
     finally:
         load.stop()
         set_pins(e2e_cluster, only=pinned, pinned=False)
-    clean_up_old_copies(e2e_cluster)
+    e2e_cluster.clean_up_old_copies()
 
     placement = e2e_cluster.placements()
     spread = {placement[i] for i in ids}
@@ -242,7 +236,7 @@ def test_drain_shard_under_load(e2e_cluster: E2ECluster, uploaders, capsys):
         time.sleep(WARM_UP)
     finally:
         load.stop()
-    clean_up_old_copies(e2e_cluster)
+    e2e_cluster.clean_up_old_copies()
 
     placement = e2e_cluster.placements()
     assert drained not in placement.values()
