@@ -190,6 +190,7 @@ def test_add_shard_create_db_makes_migrates_and_registers_a_new_database(new_db_
         "migrating",
         "stamping",
         f"registered {NEW_ALIAS} (number {shard.number}, active, weight 50)",
+        "replication: primary 127.0.0.1:",  # the server behind the pooler; no standby here
     ]
     lines = out.splitlines()
     assert len(lines) == len(steps), out
@@ -200,6 +201,8 @@ def test_add_shard_create_db_makes_migrates_and_registers_a_new_database(new_db_
 def test_add_shard_json_is_one_object_and_an_existing_database_is_fine(new_db_name):
     first = json.loads(_add_new_shard(new_db_name, "--json"))
     login = _server_login()
+    replication = first.pop("replication")
+    assert replication["standbys"] == [] and replication["in_recovery"] is False
     assert first == {
         "alias": NEW_ALIAS,
         "number": Shard.objects.get(alias=NEW_ALIAS).number,
@@ -211,7 +214,7 @@ def test_add_shard_json_is_one_object_and_an_existing_database_is_fine(new_db_na
         "created_database": True,
     }
     again = json.loads(_add_new_shard(new_db_name, "--json", "--weight", "7"))
-    assert again == {**first, "weight": 7, "created_database": False}
+    assert again == {**first, "weight": 7, "created_database": False, "replication": replication}
 
 
 def test_add_shard_refusal_creates_no_database(new_db_name):
@@ -245,7 +248,8 @@ def test_cluster_status_reports_devices_and_readings_per_shard(shards):
     assert table.splitlines()[0].split()[:4] == ["alias", "state", "weight", "devices"]
     (row,) = [line for line in table.splitlines() if line.startswith("shard_1 ")]
     assert re.search(rf"clients \d+.*, servers \d+/{local_cluster.POOL_SIZE}", row), row
-    assert table.splitlines()[-1].startswith("directory pool: clients ")
+    assert table.splitlines()[-2].startswith("directory pool: clients ")
+    assert table.splitlines()[-1].startswith("directory replication: primary ")
 
 
 def test_migrate_shards_migrates_every_shard(shards):

@@ -105,7 +105,9 @@ def test_replicated_shape_gives_every_database_two_members_behind_its_own_port(r
     for server, _ in servers:
         assert server.ports() <= reserved
     assert {local_cluster.ETCD_PORT, local_cluster.ETCD_PORT + 1} <= reserved
-    assert len(reserved) == len(servers) * 6 + 2 + 4 + len(local_cluster.APP_PORTS)
+    # Each database: its port, its pooler, two replicas and their REST APIs; etcd (2);
+    # Redis, HAProxy and its stats page; the app nodes.
+    assert len(reserved) == len(servers) * 6 + 2 + 3 + len(local_cluster.APP_PORTS)
 
 
 def test_a_var_dir_keeps_the_shape_it_was_made_with(replicated):
