@@ -17,16 +17,16 @@ from typing import Any
 
 import psycopg2
 
-from cluster import celery_procs, extra_shards, patroni, state
+from cluster import celery_procs, extra_shards, replicated, state
 from cluster.appnodes import AppNode, app_nodes
 from cluster.django_steps import add_extra_shard, run_django_steps
 from cluster.etcd import Etcd
 from cluster.haproxy import HAProxy
-from cluster.patroni import ReplicatedDatabase
 from cluster.pgbouncer import Pooler
 from cluster.ports import bindable, port_in_use
 from cluster.postgres import PostgresInstance
 from cluster.redis import RedisInstance
+from cluster.replicated import ReplicatedDatabase
 from cluster.simulate import simulate
 from cluster.util import ClusterError
 from core import local_cluster as lc
@@ -238,6 +238,8 @@ def up() -> int:
 
 def _check_shape(data: dict[str, Any]) -> None:
     """A var dir holds one shape: its databases are not carried from one to the other."""
+    if lc.REPLICAS < 1:
+        raise ClusterError(f"FLEET_REPLICAS={lc.REPLICAS}: a database needs at least one server")
     made_with = data.get("replicas", 1) if data.get("directory") else lc.REPLICAS
     if made_with != lc.REPLICAS:
         raise ClusterError(
@@ -372,7 +374,7 @@ def down() -> int:
             stopped += 1
         if isinstance(instance, PostgresInstance):
             # Replicas of a shape not configured now: their Patroni first, or it restarts them.
-            for what in patroni.stop_leftovers(var_dir(), instance.name):
+            for what in replicated.stop_leftovers(var_dir(), instance.name):
                 print(f"stopped {what}")
                 stopped += 1
         pid = instance.pid()
@@ -463,7 +465,7 @@ def status() -> int:
 def _replication_lines(database: ReplicatedDatabase) -> list[str]:
     members = database.members()
     if not members:
-        return [f"  {database.name:<10} no Patroni member answers"]
+        return [f"  {database.name:<10} no member could list the others (is etcd up?)"]
     lines = []
     for member in members:
         lag = "" if member.get("role") == "leader" else f"  lag {member.get('lag', '?')}"
@@ -558,12 +560,18 @@ def add_shard(alias: str | None) -> int:
             ) from exc
     print()
     print(
-        f"{shard.alias} is active at {lc.HOST}:{port}/{shard.db} (PostgreSQL on :{shard.port},"
+        f"{shard.alias} is active at {lc.HOST}:{port}/{shard.db} ({_server_of(instance)},"
         f" its pooler on :{pooler.port}). App nodes and workers "
         "use it within SHARD_REGISTRY_TTL seconds (default 5), without a restart."
     )
     print("See it: .venv/bin/python manage.py cluster_status")
     return 0
+
+
+def _server_of(server: DatabaseServer) -> str:
+    if isinstance(server, ReplicatedDatabase):
+        return f"its primary through the proxy on :{server.port}"
+    return f"PostgreSQL on :{server.port}"
 
 
 def _data_of(server: DatabaseServer) -> str:

@@ -1,4 +1,4 @@
-"""A database served by Patroni-managed PostgreSQL replicas (FLEET_REPLICAS >= 2).
+"""One Patroni-managed PostgreSQL replica of a database (FLEET_REPLICAS >= 2).
 
 Each replica is a PostgreSQL server run by its own Patroni (Debian's `patroni`), as the
 postgres OS user, under var/pg/<database>-n<i>; Patroni elects the primary through the
@@ -7,22 +7,17 @@ flushed it, so an acknowledged write survives the primary's death), promotes it 
 primary dies, and brings the old primary back as a standby with pg_rewind.
 
 Clients never name a replica: the database's own port is an HAProxy TCP proxy
-(`DatabaseProxy`) that sends every connection to the member whose Patroni REST API
-answers 200 on /primary, and closes the sessions of a member that stops being it.
-The pooler sits in front of that port as in the plain shape.
+(cluster/dbproxy.py) that leads to the primary; cluster/replicated.py puts a database's
+members and its proxy together.
 """
 
-import http.client
 import json
 import os
 import subprocess
-import time
-import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster.haproxy import check_config, launch_foreground
 from cluster.ports import port_in_use
 from cluster.postgres import (
     PG_OS_USER,
@@ -44,10 +39,9 @@ from cluster.util import (
     terminate,
     wait_for,
 )
-from core.local_cluster import DB_PASSWORD, DB_USER, HOST, node_port, patroni_port
+from core.local_cluster import DB_PASSWORD, DB_USER, HOST
 
 START_TIMEOUT = 90.0
-SWITCHOVER_TIMEOUT = 60.0
 STOP_TIMEOUT = 60.0
 REPLICATION_USER = "replicator"
 # Development-only, like DB_PASSWORD: the instances listen on loopback alone.
@@ -176,6 +170,10 @@ class PatroniNode:
                     # primary goes on alone (not strict), and only a synchronous standby may
                     # be promoted, so nothing acknowledged is lost in a failover.
                     "synchronous_mode": True,
+                    # etcd unreachable: a primary that still reaches every member over
+                    # their REST APIs stays primary, rather than demoting itself and
+                    # leaving the database read-only because the arbiter went away.
+                    "failsafe_mode": True,
                     "maximum_lag_on_failover": 1 << 20,
                     "postgresql": {
                         "use_pg_rewind": True,
@@ -299,268 +297,3 @@ def _server_env() -> dict[str, str]:
     if running_as_root():
         env.update(HOME=postgres_account().pw_dir, USER=PG_OS_USER, LOGNAME=PG_OS_USER)
     return env
-
-
-@dataclass
-class DatabaseProxy:
-    """HAProxy on the database's own port, leading to the member that is primary now."""
-
-    database: str
-    port: int
-    nodes: list[PatroniNode]
-    var: Path
-    host: str = HOST
-
-    @property
-    def cfg_file(self) -> Path:
-        return self.var.absolute() / "run" / f"dbproxy-{self.database}.cfg"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.var.absolute() / "run" / f"dbproxy-{self.database}.pid"
-
-    @property
-    def log_file(self) -> Path:
-        return self.var.absolute() / "log" / f"dbproxy-{self.database}.log"
-
-    def render(self) -> str:
-        servers = "\n".join(
-            f"    server {node.name} {node.host}:{node.port} check port {node.rest_port}"
-            for node in self.nodes
-        )
-        return "\n".join(
-            [
-                "# Written by `python -m cluster up`; edits are overwritten.",
-                "global",
-                "    maxconn 4000",
-                "defaults",
-                "    mode tcp",
-                "    timeout connect 2s",
-                # Pooled server connections sit idle for minutes between transactions.
-                "    timeout client 1h",
-                "    timeout server 1h",
-                "    timeout check 2s",
-                f"listen {self.database}",
-                f"    bind {self.host}:{self.port}",
-                # Patroni answers 200 on /primary (OPTIONS: the status line alone, which a
-                # check reads whole) only on the member holding the leader key
-                # with PostgreSQL running read-write; a member that loses it (died, demoted
-                # by a switchover) is marked down and its sessions are cut, so no client
-                # keeps writing to a server that is no longer the primary.
-                "    option httpchk OPTIONS /primary",
-                "    http-check expect status 200",
-                "    default-server inter 500ms fastinter 250ms fall 2 rise 1"
-                " on-marked-down shutdown-sessions",
-                servers,
-                "",
-            ]
-        )
-
-    def _own_arg(self) -> str:
-        return str(self.cfg_file)
-
-    def pid(self) -> int | None:
-        pid = read_pid(self.pid_file)
-        return pid if pid is not None and runs_with_arg(pid, self._own_arg()) else None
-
-    def ensure_running(self) -> bool:
-        config = self.render()
-        current = self.cfg_file.read_text() if self.cfg_file.exists() else None
-        if self.pid() is not None and current == config:
-            return False
-        self.stop()
-        mine = self._own_arg()
-        if terminate(pids_with_marker(mine), STOP_TIMEOUT, mine):
-            raise ClusterError(f"{self.database} proxy: an old HAProxy for {mine} does not exit")
-        if port_in_use(self.port, self.host):
-            raise ClusterError(
-                f"{self.database} proxy: port {self.port} on {self.host} is taken by something"
-                " that is not this cluster's database proxy"
-            )
-        self.cfg_file.parent.mkdir(parents=True, exist_ok=True)
-        self.cfg_file.write_text(config)
-        check_config(self.cfg_file)
-        proc = launch_foreground(self.cfg_file, self.log_file, self.pid_file)
-        if (
-            not wait_for(lambda: proc.poll() is not None or port_in_use(self.port, self.host), 15)
-            or proc.poll() is not None
-        ):
-            raise ClusterError(
-                f"{self.database} proxy: HAProxy did not start (exit {proc.poll()})."
-                f" Last lines of {self.log_file}:\n{tail(self.log_file)}"
-            )
-        return True
-
-    def stop(self) -> bool:
-        pid = self.pid()
-        if pid is None:
-            return False
-        if terminate([pid], STOP_TIMEOUT, self._own_arg()):
-            raise ClusterError(f"{self.database} proxy: pid {pid} did not exit")
-        self.pid_file.unlink(missing_ok=True)
-        return True
-
-
-@dataclass
-class ReplicatedDatabase:
-    """`replicas` Patroni members of one database and the proxy on its port.
-
-    Speaks like PostgresInstance where `up`, `down` and `status` need it (name, port,
-    ensure_running, create_database, is_ready, stop, pid), so the two shapes share them.
-    """
-
-    name: str
-    port: int
-    var: Path
-    replicas: int
-    etcd_port: int
-    port_env: str | None = None
-    nodes: list[PatroniNode] = field(init=False)
-
-    def __post_init__(self) -> None:
-        if self.replicas < 2:
-            raise ClusterError(f"{self.name}: a replicated database needs 2 or more replicas")
-        self.nodes = [
-            PatroniNode(
-                self.name,
-                replica,
-                node_port(self.port, replica),
-                patroni_port(self.port, replica),
-                self.var,
-                self.etcd_port,
-            )
-            for replica in range(self.replicas)
-        ]
-
-    @property
-    def proxy(self) -> DatabaseProxy:
-        return DatabaseProxy(self.name, self.port, self.nodes, self.var)
-
-    @property
-    def sql(self) -> PostgresInstance:
-        """For SQL only: psql through the proxy reaches the primary."""
-        return PostgresInstance(self.name, self.port, self.var / "pg", self.var / "log")
-
-    @property
-    def log_file(self) -> Path:
-        return self.proxy.log_file
-
-    def pid(self) -> int | None:
-        """The proxy's pid: what clients connect to."""
-        return self.proxy.pid()
-
-    def running_port(self) -> int | None:
-        return self.port if self.pid() is not None else None
-
-    def primary(self) -> PatroniNode | None:
-        return next((node for node in self.nodes if node.is_primary()), None)
-
-    def is_ready(self) -> bool:
-        """The proxy leads to a primary that accepts connections."""
-        return self.pid() is not None and self.sql.is_ready()
-
-    def ensure_running(self) -> bool:
-        """Start the members (the first bootstraps), then the proxy; wait for a primary."""
-        started = [node.start() for node in self.nodes]
-        self.proxy.ensure_running()
-        deadline = time.monotonic() + START_TIMEOUT
-        for node in self.nodes:
-            node.wait_running(max(1.0, deadline - time.monotonic()))
-        if not wait_for(self.is_ready, timeout=max(1.0, deadline - time.monotonic())):
-            raise ClusterError(
-                f"{self.name}: no primary answers through {HOST}:{self.port}. Last lines of"
-                f" {self.nodes[0].log_file}:\n{tail(self.nodes[0].log_file)}"
-            )
-        return any(started)
-
-    def create_database(self, dbname: str) -> bool:
-        return self.sql.create_database(dbname)
-
-    def psql(self, sql: str, dbname: str = "postgres") -> str:
-        return self.sql.psql(sql, dbname=dbname)
-
-    def ports(self) -> set[int]:
-        """Every port it takes: the proxy's, each member's PostgreSQL and REST API."""
-        return {self.port, *(node.port for node in self.nodes)} | {
-            node.rest_port for node in self.nodes
-        }
-
-    def stop(self) -> bool:
-        """Stop the proxy, the standbys, then the primary (so no failover is attempted)."""
-        stopped = self.proxy.stop()
-        primary = self.primary()
-        for node in sorted(self.nodes, key=lambda node: node is primary):
-            stopped = node.stop() or stopped
-        return stopped
-
-    def switchover(self, candidate: str | None = None) -> tuple[str, str]:
-        """Planned hand-over of the primary role to `candidate` (default: a running
-        standby), through the primary's Patroni; waits until the proxy leads to it.
-
-        Returns (old primary, new primary) member names.
-        """
-        primary = self.primary()
-        if primary is None:
-            raise ClusterError(f"{self.name}: no primary now; Patroni is failing over already")
-        standbys = [node for node in self.nodes if node is not primary and node.is_running()]
-        if candidate is not None:
-            standbys = [node for node in standbys if node.name == candidate]
-        if not standbys:
-            wanted = f" named {candidate}" if candidate else ""
-            raise ClusterError(f"{self.name}: no running standby{wanted} to switch over to")
-        target = standbys[0]
-        body = json.dumps({"leader": primary.name, "candidate": target.name}).encode()
-        request = urllib.request.Request(f"{primary.rest_url}/switchover", data=body, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=SWITCHOVER_TIMEOUT) as response:
-                response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            detail = exc.read().decode(errors="replace") if hasattr(exc, "read") else exc
-            raise ClusterError(f"{self.name}: Patroni refused the switchover: {detail}") from exc
-        if not wait_for(lambda: self.serving_port() == target.port, SWITCHOVER_TIMEOUT, 0.2):
-            raise ClusterError(
-                f"{self.name}: {target.name} did not become the primary behind :{self.port}"
-            )
-        return primary.name, target.name
-
-    def serving_port(self) -> int | None:
-        """The port of the read-write server the proxy leads to now (None: none)."""
-        try:
-            output = self.sql.psql(
-                "SELECT inet_server_port() WHERE NOT pg_is_in_recovery()", dbname="postgres"
-            )
-        except ClusterError:
-            return None
-        lines = [line for line in output.splitlines() if line.strip().isdigit()]
-        return int(lines[0]) if lines else None
-
-    def members(self) -> list[dict[str, Any]]:
-        """Patroni's view of every member (GET /cluster from any that answers)."""
-        for node in self.nodes:
-            code, body = http_get(f"{node.rest_url}/cluster", timeout=2.0)
-            if code == 200:
-                try:
-                    return list(json.loads(body).get("members") or [])
-                except (ValueError, AttributeError):
-                    continue
-        return []
-
-
-def stop_leftovers(var: Path, name: str) -> list[str]:
-    """Stop a Patroni member or database proxy named `name` that the current
-    FLEET_REPLICAS does not configure (`down` after the shape changed). Says what it stopped."""
-    stopped = []
-    leftovers = [
-        (var.absolute() / "patroni" / f"{name}.yml", f"patroni {name}"),
-        (var.absolute() / "run" / f"dbproxy-{name}.cfg", f"database proxy {name}"),
-    ]
-    for path, what in leftovers:
-        if not path.exists():
-            continue
-        marker = os.path.realpath(path) if path.suffix == ".yml" else str(path)
-        pids = pids_with_marker(marker)
-        if pids:
-            if terminate(pids, STOP_TIMEOUT, marker):
-                raise ClusterError(f"{what}: pids {pids} did not exit")
-            stopped.append(f"{what} (pids {', '.join(map(str, pids))})")
-    return stopped

@@ -17,8 +17,10 @@ from django.db import connections, transaction
 from django.test import Client
 
 from cluster import cli
-from cluster.patroni import DCS_TIMING, DatabaseProxy, PatroniNode, ReplicatedDatabase
+from cluster.dbproxy import DatabaseProxy
+from cluster.patroni import DCS_TIMING, PatroniNode
 from cluster.pgbouncer import Pooler
+from cluster.replicated import ReplicatedDatabase
 from cluster.util import ClusterError
 from core import local_cluster
 from core.replication import Replication, Standby, read_replication

@@ -25,7 +25,7 @@ from datetime import timedelta
 import psycopg2
 import pytest
 
-from cluster.patroni import ReplicatedDatabase
+from cluster.replicated import ReplicatedDatabase
 from core import local_cluster
 from core.replication import read_replication
 from tests.e2e.conftest import (
