@@ -1,25 +1,34 @@
-"""The Ansible deployment, proven on six test hosts on this machine (issue #9).
+"""The Ansible deployment, proven on ten test hosts on this machine (issues #9, #19).
 
 tests/hosts/ makes each host: a network namespace on the bridge fleetbr0
 (10.200.0.0/24), its own root file system (a debootstrap base made once, one overlay
 each) and its own sshd. Then, from the control node over SSH, as an operator would:
 
-1. ansible/site.yml deploys the directory + Redis (h1), shard_1 (h2), shard_2 (h3),
-   an app node + Celery worker + beat + HAProxy (h4), an app node + HAProxy (h5);
-   every database host runs PgBouncer, and h5 and h4 float one address (keepalived);
+1. ansible/site.yml deploys etcd (h1, h3, h5), the directory on h1 + h2, shard_1 on
+   h3 + h4, shard_2 on h5 + h6 (each database a Patroni pair: a primary and a
+   synchronous standby, HAProxy to the primary and PgBouncer on both), Redis (h1), an
+   app node + Celery worker + beat + HAProxy (h7), an app node + HAProxy (h8); h8 and
+   h7 float one address (keepalived);
 2. devices enrol and upload over HTTPS through the floating address (the balancers'
    shared self-signed certificate, trusted as served; plain HTTP only redirects);
    every acknowledged reading is stored exactly once, on its device's shard;
    `manage.py check --deploy` is clean on an app host; under that load, every
-   database's server connections come from its pooler only, at most the pool size;
-3. with the devices still uploading, ansible/add_shard.yml adds h6 as shard_3 and
-   rebalances; again every acknowledged reading is stored exactly once (on the
+   primary's server connections come from its replicas' poolers only, each within the
+   pool size; the fleet login sees each standby streaming synchronously;
+3. with the devices still uploading, ansible/add_shard.yml adds shard_3 on h9 + h10
+   and rebalances; again every acknowledged reading is stored exactly once (on the
    device's current shard only) and shard_3 holds devices;
-4. with the devices still uploading, the balancer holding the address dies (its
+4. with the devices still uploading, shard_1's primary dies (Patroni and PostgreSQL
+   SIGKILLed); its standby is promoted (seconds reported), uploads to shard_1 succeed
+   again, devices on the other shards see no error; the dead member is started again
+   (as a reboot would: these hosts have no systemd to restart it) and comes back as
+   the new primary's streaming synchronous standby; every acknowledged reading is
+   stored exactly once;
+5. with the devices still uploading, the balancer holding the address dies (its
    HAProxy and keepalived SIGKILLed); the address moves to the other, uploads
    succeed again within seconds (reported), the survivor's stats page answers, and
    every acknowledged reading is stored exactly once;
-5. everything is torn down (processes, namespaces, links, overlays), pass or fail.
+6. everything is torn down (processes, namespaces, links, overlays), pass or fail.
 
 Skips, saying why, where the machine cannot make namespaces (not root, say).
 """
@@ -40,9 +49,11 @@ from core.pooler import PoolFigures, read_pool
 from tests.e2e.conftest import report
 from tests.e2e.device_load import DeviceLoad, DeviceRecord, connect
 from tests.hosts.deploy import (
+    DIRECTORY_HOSTS,
     LB_VIP,
     POOL_SIZE,
     POOLER_PORT,
+    SHARD_HOSTS,
     TEST_ENV,
     ansible_playbook,
     layout,
@@ -55,18 +66,23 @@ from tests.hosts.testhosts import TestHosts, why_unavailable
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-HOSTS = 6
+HOSTS = 10
 DEVICES = 12
 LOAD_SECONDS = 8
 # Seconds between a device's batches: about 40 uploads a second from 12 devices, which
 # one worker on a busy 2-core machine imports without a long backlog.
 LOAD_INTERVAL = 0.3
-LB_HOST = "h5"  # the first balancer: holds the floating address while it is healthy
-BACKUP_LB_HOST = "h4"
-BEAT_HOST = "h4"
+LB_HOST = "h8"  # the first balancer: holds the floating address while it is healthy
+BACKUP_LB_HOST = "h7"
+BEAT_HOST = "h7"
 DB_PORT = 5432
+PATRONI_API_PORT = 8008
 # Seconds the devices keep uploading after the balancer died, once it has recovered.
 FAILOVER_DEADLINE = 30
+# The database whose primary dies in phase 4, and how long its standby may take.
+FAILOVER_SHARD = "shard_1"
+PROMOTION_DEADLINE = 30
+REJOIN_DEADLINE = 120
 
 
 class PhaseLoad(DeviceLoad):
@@ -87,7 +103,7 @@ class PhaseLoad(DeviceLoad):
 
 
 @pytest.fixture(scope="module")
-def six_hosts() -> Iterator[TestHosts]:
+def test_hosts() -> Iterator[TestHosts]:
     reason = why_unavailable()
     if reason:
         pytest.skip(f"cannot make test hosts on this machine: {reason}")
@@ -126,21 +142,33 @@ def enroll(base_url: str, tls: ssl.SSLContext, provisioning_key: str, serial: st
     return DeviceRecord(device_id=data["device_id"], token=data["token"])
 
 
+def addresses(hosts: TestHosts, names: list[str]) -> list[str]:
+    return [host(hosts, name).address for name in names]
+
+
 class Databases:
-    """The cluster's databases, read from the control node (an admin address in pg_hba)."""
+    """The cluster's databases, read from the control node (an admin address in pg_hba).
+
+    A database is on two replicas; "on the primary" means PostgreSQL's own port on
+    whichever of them accepts writes now (libpq's target_session_attrs), not a pooler.
+    """
 
     def __init__(self, hosts: TestHosts, password: str):
-        self.directory_host = host(hosts, "h1").address
+        self.directory_hosts = addresses(hosts, DIRECTORY_HOSTS)
         self.password = password
 
-    def connect(self, address: str, port: int, db: str):
+    def connect(self, address: str, port: int, db: str, **extra):
+        """`address` may list several hosts, comma-separated (libpq tries each)."""
         return psycopg2.connect(
             host=address, port=port, dbname=db, user="fleet", password=self.password,
-            connect_timeout=5,
+            connect_timeout=5, **extra,
         )  # fmt: skip
 
+    def on_primary(self, members: list[str], db: str):
+        return self.connect(",".join(members), DB_PORT, db, target_session_attrs="read-write")
+
     def directory(self, sql: str, params: list | None = None) -> list[tuple]:
-        with closing(self.connect(self.directory_host, DB_PORT, "fleet_directory")) as conn:
+        with closing(self.on_primary(self.directory_hosts, "fleet_directory")) as conn:
             with conn.cursor() as cur:
                 cur.execute(sql, params)
                 rows = cur.fetchall()
@@ -148,12 +176,21 @@ class Databases:
         return rows
 
     def shards(self) -> dict[str, tuple[str, int, str]]:
+        """Each shard's registry row: (hosts, comma-separated, port, database)."""
         rows = self.directory(
             "SELECT alias, host, port, db_name FROM core_shard WHERE state <> 'retired'"
         )
         return {alias: (address, port, db) for alias, address, port, db in rows}
 
+    def members(self) -> dict[str, list[str]]:
+        """Each database -> its replicas' addresses (the shards' as registered)."""
+        found = {"fleet_directory": self.directory_hosts}
+        for address, _, name in self.shards().values():
+            found[name] = address.split(",")
+        return found
+
     def per_shard(self, sql: str) -> dict[str, list[tuple]]:
+        """`sql` on every shard, through its poolers as the app reaches it."""
         result = {}
         for alias, (address, port, db) in self.shards().items():
             with closing(self.connect(address, port, db)) as conn, conn.cursor() as cur:
@@ -161,23 +198,31 @@ class Databases:
                 result[alias] = cur.fetchall()
         return result
 
-    def server_connections(self, address: str, db: str) -> tuple[int, int]:
-        """(connections to `db` from anywhere but this host, all of them), read from
-        PostgreSQL's own port (the control node is an admin address), not counting
-        this reading's own connection."""
-        with closing(self.connect(address, DB_PORT, db)) as conn, conn.cursor() as cur:
+    def server_connections(self, members: list[str], db: str) -> dict[str | None, int]:
+        """The primary's connections to `db` by client address, read from its own port
+        (the control node is an admin address), not counting this reading's own."""
+        with closing(self.on_primary(members, db)) as conn, conn.cursor() as cur:
             cur.execute(
-                "SELECT count(*) FILTER (WHERE client_addr IS NOT NULL"
-                "                        AND NOT client_addr <<= '127.0.0.0/8'"
-                "                        AND client_addr <> '::1'),"
-                "       count(*)"
-                "  FROM pg_stat_activity"
+                "SELECT host(client_addr), count(*) FROM pg_stat_activity"
                 " WHERE datname = %s AND backend_type = 'client backend'"
-                "   AND pid <> pg_backend_pid()",
+                "   AND pid <> pg_backend_pid()"
+                " GROUP BY 1",
                 [db],
             )
-            remote, total = cur.fetchone()
-        return remote, total
+            return dict(cur.fetchall())
+
+    def replication(self, members: list[str], db: str) -> list[tuple]:
+        """pg_stat_replication on the primary, read as the app would: the fleet login
+        (pg_monitor) through the poolers."""
+        with closing(self.connect(",".join(members), POOLER_PORT, db)) as conn:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT application_name, host(client_addr), state, sync_state"
+                    "  FROM pg_stat_replication ORDER BY 1"
+                )
+                rows = cur.fetchall()
+            conn.commit()
+        return rows
 
     def pool(self, address: str, db: str) -> PoolFigures:
         """The pooler's figures for `db`, read as the app reads them (SHOW POOLS on its
@@ -241,33 +286,52 @@ def stop_load(load: PhaseLoad) -> dict[str, int]:
     return {"attempts": attempts, "retried_failures": len(load.failures())}
 
 
-def database_hosts(hosts: TestHosts, db: Databases) -> dict[str, str]:
-    """Each database (the directory and every registered shard) -> its host's address."""
-    found = {"fleet_directory": host(hosts, "h1").address}
-    for address, _, name in db.shards().values():
-        found[name] = address
-    return found
-
-
-def check_pooled(hosts: TestHosts, db: Databases) -> dict[str, dict[str, int]]:
-    """Under load: every database's server connections come from its host's pooler
-    (127.0.0.1) and stay within the pool size, however many clients the pooler has."""
+def check_pooled(db: Databases) -> dict[str, dict[str, object]]:
+    """Under load: every primary's server connections come from its replicas' poolers
+    (through their HAProxy, so from the replicas' addresses) and stay within the pool
+    size per pooler, however many clients the poolers have."""
     figures = {}
-    for name, address in database_hosts(hosts, db).items():
-        remote, total = db.server_connections(address, name)
-        assert remote == 0, f"{name}: {remote} connections reach PostgreSQL past the pooler"
-        assert total <= POOL_SIZE, f"{name}: {total} server connections, pool size {POOL_SIZE}"
-        pool = db.pool(address, name)
-        assert pool.clients_active + pool.clients_waiting > 0, f"{name}: no pool: {pool}"
-        assert pool.servers <= POOL_SIZE, pool
+    for name, members in db.members().items():
+        by_source = db.server_connections(members, name)
+        strangers = {source: n for source, n in by_source.items() if source not in members}
+        assert not strangers, f"{name}: connections from past the poolers: {strangers}"
+        assert all(n <= POOL_SIZE for n in by_source.values()), (name, by_source, POOL_SIZE)
+        pools = [db.pool(address, name) for address in members]
+        clients = sum(p.clients_active + p.clients_waiting for p in pools)
+        assert clients > 0, f"{name}: no pool: {pools}"
+        assert all(p.servers <= POOL_SIZE for p in pools), pools
         figures[name] = {
-            "server_connections": total,
-            "clients": pool.clients_active + pool.clients_waiting,
-            "cl_waiting": pool.clients_waiting,
-            "sv_active": pool.servers_active,
-            "servers": pool.servers,
+            "server_connections": by_source,
+            "clients": clients,
+            "cl_waiting": sum(p.clients_waiting for p in pools),
+            "servers": [p.servers for p in pools],
         }
     return figures
+
+
+def check_replicated(db: Databases) -> dict[str, list[tuple]]:
+    """Every database's standby streams from its primary as the synchronous standby,
+    as the app sees it (pg_stat_replication through the pooler, the fleet login)."""
+    seen = {}
+    for name, members in db.members().items():
+        rows = db.replication(members, name)
+        assert len(rows) == len(members) - 1, (name, rows)
+        assert all(state == "streaming" and sync == "sync" for _, _, state, sync in rows), (
+            name,
+            rows,
+        )
+        seen[name] = rows
+    return seen
+
+
+def patroni(address: str, path: str) -> int:
+    """The status Patroni's REST API answers `path` with on that replica (0: no answer)."""
+    try:
+        with closing(http.client.HTTPConnection(address, PATRONI_API_PORT, timeout=1)) as c:
+            c.request("GET", path)
+            return c.getresponse().status
+    except OSError:
+        return 0
 
 
 def holds_vip(hosts: TestHosts, name: str) -> bool:
@@ -287,8 +351,106 @@ def stats_csv(address: str, password: str) -> str:
     return body
 
 
-def test_deploy_load_add_shard_and_rebalance(six_hosts: TestHosts, capsys) -> None:
-    hosts = six_hosts
+def tail(hosts: TestHosts, name: str, path: str, lines: int = 30) -> str:
+    """The end of a log file on a test host, for a failure's message."""
+    shown = hosts.ssh(host(hosts, name), f"tail -n {lines} {shlex.quote(path)}", timeout=20)
+    return f"--- {name}:{path}\n{shown.stdout}{shown.stderr}"
+
+
+def primary_of(members: list[str]) -> str:
+    primaries = [address for address in members if patroni(address, "/primary") == 200]
+    assert len(primaries) == 1, f"primaries among {members}: {primaries}"
+    return primaries[0]
+
+
+def database_failover(
+    hosts: TestHosts, db: Databases, base_url: str, devices: list[DeviceRecord], tls
+) -> str:
+    """Phase 4: SIGKILL of Patroni and PostgreSQL on FAILOVER_SHARD's primary, under load.
+
+    The standby is promoted once the dead primary's leader lock expires in etcd (ttl);
+    HAProxy on both replicas then sends the poolers' server connections to it. The dead
+    member is started again by hand, as a reboot would start it: these hosts have no
+    systemd, whose patroni.service would restart it by itself (Restart=on-failure).
+    """
+    name = f"fleet_{FAILOVER_SHARD}"
+    members = db.members()[name]
+    old = primary_of(members)
+    (standby,) = [address for address in members if address != old]
+    by_address = {h.address: h for h in hosts.hosts}
+    old_host, standby_host = by_address[old], by_address[standby]
+    placement = db.placements()
+    on_shard = {d.device_id for d in devices if placement[d.device_id] == FAILOVER_SHARD}
+    elsewhere = {d.device_id for d in devices} - on_shard
+    assert on_shard and elsewhere, placement
+    patroni_log = "/var/log/patroni/patroni.log"
+
+    load = run_load(base_url, devices, first_batch=200_000, tls=tls)
+    try:
+        time.sleep(2)
+        # Patroni first, so it does not restart PostgreSQL; then every PostgreSQL process.
+        killed = hosts.ssh(
+            old_host,
+            "pkill -KILL -f '^/usr/bin/python3 /usr/bin/patroni '; "
+            "pkill -KILL -u postgres -x postgres; true",
+        )
+        killed_at = time.monotonic()
+        assert killed.returncode == 0, killed.stderr
+        while patroni(standby, "/primary") != 200:
+            assert time.monotonic() < killed_at + PROMOTION_DEADLINE, (
+                f"{standby_host.name} not promoted {PROMOTION_DEADLINE}s after the kill\n"
+                + tail(hosts, standby_host.name, patroni_log)
+            )
+            time.sleep(0.1)
+        promoted_at = time.monotonic()
+        deadline = promoted_at + FAILOVER_DEADLINE
+        while time.monotonic() < deadline and any(
+            load.first_success_after(promoted_at, device) is None for device in on_shard
+        ):
+            time.sleep(0.1)
+        back = [load.first_success_after(promoted_at, device) for device in on_shard]
+        assert None not in back, f"{FAILOVER_SHARD}'s devices got no upload through"
+
+        # The dead member comes back (as at boot): rewound, it follows the new primary.
+        started = hosts.ssh(old_host, "service patroni start")
+        restarted_at = time.monotonic()
+        assert started.returncode == 0, started.stdout + started.stderr
+        while (rows := db.replication(members, name)) != [
+            (old_host.name, old, "streaming", "sync")
+        ]:
+            assert time.monotonic() < restarted_at + REJOIN_DEADLINE, (
+                f"{old_host.name} is not back as a standby: {rows}\n"
+                + tail(hosts, old_host.name, patroni_log)
+            )
+            time.sleep(0.5)
+        rejoined_at = time.monotonic()
+        time.sleep(2)
+    finally:
+        load_stats = stop_load(load)
+    members_now = hosts.ssh(standby_host, "patronictl -c /etc/patroni/config.yml list -f json")
+    assert members_now.returncode == 0, members_now.stdout + members_now.stderr
+    roles = {m["Member"]: (m["Role"], m["State"]) for m in json.loads(members_now.stdout)}
+    assert roles[standby_host.name][0] == "Leader", roles
+    assert roles[old_host.name][0] == "Sync Standby", roles
+    # Devices on the other shards never noticed; those on this one only retried.
+    failed_elsewhere = [a for a in load.failures(elsewhere) if a.at > killed_at]
+    assert not failed_elsewhere, failed_elsewhere[:5]
+    failed_here = [a for a in load.failures(on_shard) if a.at > killed_at]
+    counts = db.assert_exactly_once(devices)
+    return (
+        f"database failover: {FAILOVER_SHARD}'s primary {old_host.name} killed (Patroni and"
+        f" PostgreSQL); {standby_host.name} promoted {promoted_at - killed_at:.1f}s after the"
+        f" kill; uploads to {FAILOVER_SHARD} acknowledged again {min(back) - killed_at:.1f}s"
+        f" after it (every one of its {len(on_shard)} devices by {max(back) - killed_at:.1f}s;"
+        f" {len(failed_here)} failed attempts, retried); {len(elsewhere)} devices elsewhere:"
+        f" no failure; {old_host.name} started again, streaming as the synchronous standby"
+        f" {rejoined_at - restarted_at:.1f}s later ({roles}); load {load_stats};"
+        f" verified {counts}"
+    )
+
+
+def test_deploy_load_add_shard_failover_and_rebalance(test_hosts: TestHosts, capsys) -> None:
+    hosts = test_hosts
     started = time.monotonic()
     secrets_file = write_secrets()
     secret = read_secrets(secrets_file)
@@ -304,8 +466,13 @@ def test_deploy_load_add_shard_and_rebalance(six_hosts: TestHosts, capsys) -> No
     report(capsys, f"site.yml: {elapsed:.0f}s\n{play_recap(log)}")
     db = Databases(hosts, secret["vault_fleet_db_password"])
     assert sorted(db.shards()) == ["shard_1", "shard_2"]
-    # The app tier reaches every shard through the shard host's pooler.
-    assert {port for _, port, _ in db.shards().values()} == {POOLER_PORT}, db.shards()
+    # The app tier reaches every shard through its replicas' poolers, each one named.
+    assert {alias: (address, port) for alias, (address, port, _) in db.shards().items()} == {
+        alias: (",".join(addresses(hosts, SHARD_HOSTS[alias])), POOLER_PORT)
+        for alias in ("shard_1", "shard_2")
+    }
+    replicas = check_replicated(db)
+    report(capsys, f"replication (pg_stat_replication on each primary): {json.dumps(replicas)}")
     # The first balancer holds the address (once the election settled: a few seconds).
     deadline = time.monotonic() + 15
     while not holds_vip(hosts, LB_HOST) and time.monotonic() < deadline:
@@ -348,7 +515,7 @@ def test_deploy_load_add_shard_and_rebalance(six_hosts: TestHosts, capsys) -> No
     load = run_load(base_url, devices, first_batch=0, tls=tls)
     time.sleep(LOAD_SECONDS)
     try:
-        pools = check_pooled(hosts, db)
+        pools = check_pooled(db)
     finally:
         load_stats = stop_load(load)
     counts = db.assert_exactly_once(devices)
@@ -356,8 +523,12 @@ def test_deploy_load_add_shard_and_rebalance(six_hosts: TestHosts, capsys) -> No
     assert set(counts["devices_per_shard"]) == {"shard_1", "shard_2"}, counts
     report(capsys, f"load through {base_url}: {load_stats}; verified {counts}")
     report(capsys, f"pools under load (pool size {POOL_SIZE}): {json.dumps(pools)}")
+    # The app's settings name both directory replicas' poolers (libpq tries them in turn).
+    url = hosts.ssh(host(hosts, BEAT_HOST), "grep ^DIRECTORY_DATABASE_URL= /etc/fleet/fleet.env")
+    directory_poolers = ",".join(addresses(hosts, DIRECTORY_HOSTS))
+    assert f"@/fleet_directory?host={directory_poolers}&port={POOLER_PORT}&" in url.stdout, url
 
-    # 3. A third shard host under load: add_shard.yml provisions, registers, rebalances.
+    # 3. A third shard (two hosts) under load: add_shard.yml provisions, registers, rebalances.
     inventory = write_inventory(hosts, with_third_shard=True)
     load = run_load(base_url, devices, first_batch=100_000, tls=tls)
     time.sleep(2)
@@ -383,15 +554,20 @@ def test_deploy_load_add_shard_and_rebalance(six_hosts: TestHosts, capsys) -> No
     assert all(phase == "done" and ok for _, _, phase, ok in moves), moves
     counts = db.assert_exactly_once(devices)
     assert counts["devices_per_shard"].get("shard_3", 0) > 0, counts
-    assert db.shards()["shard_3"][1] == POOLER_PORT
+    shard_3_poolers = ",".join(addresses(hosts, SHARD_HOSTS["shard_3"]))
+    assert db.shards()["shard_3"][:2] == (shard_3_poolers, POOLER_PORT)
+    assert len(check_replicated(db)["fleet_shard_3"]) == 1
     report(
         capsys,
         f"rebalance under load: {len(moves)} devices moved (verified); load {load_stats};"
         f" verified {counts}",
     )
 
-    # 4. The balancer holding the address dies under load; the other one takes it over.
-    load = run_load(base_url, devices, first_batch=200_000, tls=tls)
+    # 4. shard_1's primary dies under load; its synchronous standby is promoted.
+    report(capsys, database_failover(hosts, db, base_url, devices, tls))
+
+    # 5. The balancer holding the address dies under load; the other one takes it over.
+    load = run_load(base_url, devices, first_batch=300_000, tls=tls)
     try:
         time.sleep(2)
         killed = hosts.ssh(

@@ -1,10 +1,14 @@
 """The inventory, secrets and ansible-playbook runs for the test hosts.
 
-Layout (five hosts deployed, a sixth added as a shard later):
-    h1  directory_db, redis        h4  app, celery_worker, celery_beat, lb (backup)
-    h2  shard_db (shard_1)         h5  app, lb (first: holds the floating address)
-    h3  shard_db (shard_2)         h6  shard_db (shard_3), added by add_shard.yml
-Every database host runs PgBouncer; devices use the balancers' floating address LB_VIP.
+Layout (eight hosts deployed, two more added as a shard later); every database on two
+replicas, Patroni keeping one of them primary:
+    h1  directory_db, redis, etcd      h5  shard_db (shard_2), etcd
+    h2  directory_db                   h6  shard_db (shard_2)
+    h3  shard_db (shard_1), etcd       h7  app, celery_worker, celery_beat, lb (backup)
+    h4  shard_db (shard_1)             h8  app, lb (first: holds the floating address)
+    h9, h10  shard_db (shard_3), added by add_shard.yml
+Every database host runs Patroni, HAProxy (to its database's primary) and PgBouncer;
+devices use the balancers' floating address LB_VIP.
 """
 
 import json
@@ -36,18 +40,26 @@ TEST_ENV = {
 }
 
 
+# Each database's replicas, by inventory name, in the inventory's order.
+DIRECTORY_HOSTS = ["h1", "h2"]
+SHARD_HOSTS = {"shard_1": ["h3", "h4"], "shard_2": ["h5", "h6"], "shard_3": ["h9", "h10"]}
+ETCD_HOSTS = ["h1", "h3", "h5"]
+
+
 def layout(with_third_shard: bool) -> dict[str, list[tuple[str, dict]]]:
-    shards = [("h2", {"fleet_shard_alias": "shard_1"}), ("h3", {"fleet_shard_alias": "shard_2"})]
-    if with_third_shard:
-        shards.append(("h6", {"fleet_shard_alias": "shard_3"}))
+    aliases = ["shard_1", "shard_2"] + (["shard_3"] if with_third_shard else [])
+    shards = [
+        (name, {"fleet_shard_alias": alias}) for alias in aliases for name in SHARD_HOSTS[alias]
+    ]
     return {
-        "directory_db": [("h1", {})],
+        "etcd": [(name, {}) for name in ETCD_HOSTS],
+        "directory_db": [(name, {}) for name in DIRECTORY_HOSTS],
         "redis": [("h1", {})],
         "shard_db": shards,
-        "app": [("h4", {}), ("h5", {})],
-        "celery_worker": [("h4", {})],
-        "celery_beat": [("h4", {})],
-        "lb": [("h5", {}), ("h4", {})],
+        "app": [("h7", {}), ("h8", {})],
+        "celery_worker": [("h7", {})],
+        "celery_beat": [("h7", {})],
+        "lb": [("h8", {}), ("h7", {})],
     }
 
 
@@ -98,6 +110,9 @@ def write_secrets() -> Path:
             "vault_fleet_redis_password",
             "vault_fleet_provisioning_key",
             "vault_fleet_haproxy_stats_password",
+            "vault_fleet_replication_password",
+            "vault_fleet_rewind_password",
+            "vault_fleet_patroni_api_password",
         )
     }
     values["vault_fleet_secret_key"] = secrets.token_urlsafe(50)

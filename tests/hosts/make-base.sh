@@ -15,6 +15,7 @@ suite=bookworm
 packages=(
     openssh-server python3 python3-venv python3-apt sudo iproute2 procps ca-certificates
     postgresql pgbouncer redis-server haproxy keepalived supervisor libpq5 libpython3.11 netbase
+    patroni python3-etcd etcd-server etcd-client
 )
 
 if [[ -e $dest/.complete ]]; then
