@@ -53,7 +53,9 @@ def test_third_shard_registered_at_run_time_receives_new_devices(shards, third_i
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert f"database {DB_NAME} created" in proc.stdout
-    assert "registered shard_3" in proc.stdout.splitlines()[-1]
+    registered, replication = proc.stdout.splitlines()[-2:]
+    assert "registered shard_3" in registered
+    assert replication == f"replication: primary 127.0.0.1:{third_instance.port}, no standby"
 
     # Nobody tells this process: its registry refresh finds the shard by itself.
     deadline = time.monotonic() + settings.SHARD_REGISTRY_TTL + 5
