@@ -668,7 +668,8 @@ class Suite:
             self.verified_ok = False
 
     def run_replication_only(self) -> dict:
-        results: dict = {"started": self.stamp, "machine": machine(), "config": {}}
+        config = {key: str(value) for key, value in vars(self.args).items()}
+        results: dict = {"started": self.stamp, "machine": machine(), "config": config}
         self.step("replication", results, self.replication_figures)
         self.step("cleanup", results, lambda: self.django_figure("cleanup", self.prefix))
         for figures in self.runs.values():

@@ -67,12 +67,18 @@ class AppNode(VarProcess):
     var: Path
     host: str = HOST
     processes: int = field(default_factory=default_processes)
-    # Bodies over this are dropped unread (uWSGI's limit-post); Django's own limit.
-    body_limit: int = field(default_factory=upload_max_bytes)
+    # Bodies over this are dropped unread (uWSGI's limit-post); None: Django's own limit,
+    # read when the config is written (`down` and `status` need no Django settings).
+    body_limit: int | None = None
 
     @property
     def name(self) -> str:
         return f"app-{self.index}"
+
+    @property
+    def post_limit(self) -> int:
+        """The body limit uWSGI enforces: `body_limit`, else Django's own."""
+        return self.body_limit if self.body_limit is not None else upload_max_bytes()
 
     @property
     def url(self) -> str:
@@ -239,7 +245,7 @@ def render_uwsgi_ini(node: AppNode, processes: int) -> str:
         harakiri=HARAKIRI_SECONDS,
         max_requests=MAX_REQUESTS,
         max_requests_delta=MAX_REQUESTS_DELTA,
-        limit_post=node.body_limit,
+        limit_post=node.post_limit,
         static_root=node.var / "static",
         livez_file=node.livez_file,
         pid_file=node.pid_file,

@@ -12,7 +12,7 @@ import os
 import subprocess
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
@@ -112,7 +112,8 @@ class HAProxy:
     stats_user: str
     stats_password: str
     host: str = HOST
-    upload_max_bytes: int = field(default_factory=upload_max_bytes)
+    # None: Django's own limit, read when the config is rendered.
+    upload_max_bytes: int | None = None
 
     @property
     def cfg_file(self) -> Path:
@@ -141,7 +142,9 @@ class HAProxy:
             stats_port=self.stats_port,
             stats_user=self.stats_user,
             stats_password=self.stats_password,
-            upload_max_bytes=self.upload_max_bytes,
+            upload_max_bytes=(
+                self.upload_max_bytes if self.upload_max_bytes is not None else upload_max_bytes()
+            ),
             host=self.host,
         )
 

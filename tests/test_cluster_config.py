@@ -8,9 +8,11 @@ The renderers and the choice are pure, so these tests need no running cluster;
 import configparser
 import http.client
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -116,7 +118,7 @@ def test_haproxy_alone_says_how_the_client_connected(nodes):
 
 def test_the_edge_limit_is_the_apps_own(settings, tmp_path):
     assert upload_max_bytes() == settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-    assert AppNode(1, 18001, tmp_path).body_limit == settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    assert AppNode(1, 18001, tmp_path).post_limit == settings.DATA_UPLOAD_MAX_MEMORY_SIZE
 
 
 def test_haproxy_retries_and_says_why_that_is_safe(nodes):
@@ -202,7 +204,7 @@ def test_uwsgi_workers_threads_and_limits(nodes):
     assert options["max-requests"] == "100000"
     assert int(options["max-requests-delta"]) > 0
     assert options["post-buffering"] == "65536"
-    assert options["limit-post"] == str(nodes[0].body_limit)
+    assert options["limit-post"] == str(nodes[0].post_limit)
     assert options["buffer-size"] == "32768"
     assert options["die-on-term"] == "true"
     assert options["vacuum"] == "true"
@@ -415,3 +417,16 @@ def test_a_pool_without_connections_is_refused(tmp_path):
     with pytest.raises(ClusterError, match="FLEET_POOL_SIZE=0: a pool needs at least 1"):
         Pooler("shard_1", 55433, tmp_path, pool_size=0)
     assert Pooler("shard_1", 55433, tmp_path, pool_size=1).port == local_cluster.pooler_port(55433)
+
+
+def test_down_needs_no_django_settings_in_a_var_dir_never_brought_up(tmp_path):
+    """`up` can fail before it writes var/cluster.json (with servers started); `down`
+    must still stop them, so it may not need the secret key `up` would have written."""
+    env = {key: value for key, value in os.environ.items() if key != "DJANGO_SECRET_KEY"}
+    env["FLEET_VAR_DIR"] = str(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cluster", "down"], cwd=local_cluster.REPO_ROOT, env=env,
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "nothing was running"
