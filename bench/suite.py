@@ -340,16 +340,20 @@ class Suite:
 
     # 1c. the pooler's cost ---------------------------------------------------------
 
+    def cluster_command(self, command: str, env: dict[str, str]) -> None:
+        """`python -m cluster COMMAND` with `env` added; fails with its output."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "cluster", command], cwd=ROOT,
+            env={**os.environ, **env}, capture_output=True, text=True, timeout=900,
+            check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise RuntimeError(f"cluster {command} failed: {proc.stdout}{proc.stderr}")
+
     def restart_cluster(self, env: dict[str, str]) -> None:
         """`cluster down` then `up` with `env` added: every process starts afresh."""
         for command in ("down", "up"):
-            proc = subprocess.run(
-                [sys.executable, "-m", "cluster", command], cwd=ROOT,
-                env={**os.environ, **env}, capture_output=True, text=True, timeout=600,
-                check=False,
-            )  # fmt: skip
-            if proc.returncode != 0:
-                raise RuntimeError(f"cluster {command} failed: {proc.stdout}{proc.stderr}")
+            self.cluster_command(command, env)
 
     def pooler_figures(self) -> dict:
         """Batches of 100 flat out and paced at half that rate, through the poolers, then
@@ -393,15 +397,6 @@ class Suite:
         return figures
 
     # 1d. synchronous replication's cost ---------------------------------------------
-
-    def cluster_command(self, command: str, env: dict[str, str]) -> None:
-        proc = subprocess.run(
-            [sys.executable, "-m", "cluster", command], cwd=ROOT,
-            env={**os.environ, **env}, capture_output=True, text=True, timeout=900,
-            check=False,
-        )  # fmt: skip
-        if proc.returncode != 0:
-            raise RuntimeError(f"cluster {command} failed: {proc.stdout}{proc.stderr}")
 
     def replication_figures(self) -> dict:
         """Batches of 100 flat out and paced at half that rate on this (plain) cluster, then
@@ -826,6 +821,8 @@ def markdown(results: dict) -> str:
     ]
     for batch in (1, 100, 1000):
         run = runs.get(f"uploads_{batch}")
+        if run is None and results["config"].get("only_replication") == "True":
+            continue  # not asked for
         if not run or "uploads_per_s" not in run:
             lines.append(f"| 1 | uploads of {batch} via HAProxy | failed | | | |")
             continue

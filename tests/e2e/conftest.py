@@ -14,8 +14,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import closing, suppress
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from cluster.postgres import PostgresInstance
 from cluster.util import pids_with_marker
 from core import local_cluster
 from tests.e2e.browser import browser, screenshots  # noqa: F401 (fixtures)
-from tests.e2e.device_load import DeviceRecord, batch_body, post_upload
+from tests.e2e.device_load import T0, DeviceRecord, batch_body, post_upload
 
 E2E_VAR = local_cluster.REPO_ROOT / "var" / "e2e"
 E2E_ENV = {
@@ -118,6 +119,20 @@ class E2ECluster:
             )  # fmt: skip
             shown.append(f"$ manage.py {' '.join(args)}\n{proc.stdout}{proc.stderr}")
         return "\n".join(shown)
+
+    def upload_bulk(self, device: DeviceRecord, batches: int, readings: int) -> None:
+        """Give a device many readings, older than any load's (a rows-rebalance moves it;
+        a move's copy takes a while)."""
+        for batch in range(batches):
+            start = T0 - timedelta(days=10 + batch)
+            rows = [
+                {"ts": (start + timedelta(seconds=i)).isoformat(), "metric": "bulk", "value": i}
+                for i in range(readings)
+            ]
+            body = json.dumps({"batch_id": f"bulk-{batch}", "readings": rows}).encode()
+            status, data, error = post_upload(self.url, device.token, body)
+            assert status == 202, (status, data, error)
+            device.extra_readings += readings
 
     def clean_up_old_copies(self) -> None:
         """Wait out the grace period, then remove moved devices' rows from their old shards."""
@@ -245,9 +260,11 @@ def wipe_previous_cluster(env: dict[str, str]) -> None:
             path.unlink(missing_ok=True)
 
 
-@pytest.fixture(scope="session")
-def e2e_cluster() -> Iterator[E2ECluster]:
-    env = {**os.environ, **E2E_ENV}
+@contextmanager
+def fresh_cluster(settings: dict[str, str]) -> Iterator[E2ECluster]:
+    """A cluster with `settings` (its var dir, ports, shape) made from nothing, taken
+    down afterwards even when a test failed."""
+    env = {**os.environ, **settings}
     cluster = E2ECluster(env=env, info={})
     wipe_previous_cluster(env)
     try:
@@ -259,6 +276,12 @@ def e2e_cluster() -> Iterator[E2ECluster]:
             [sys.executable, "-m", "cluster", "down"], cwd=local_cluster.REPO_ROOT, env=env,
             capture_output=True, timeout=300, check=False,
         )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def e2e_cluster() -> Iterator[E2ECluster]:
+    with fresh_cluster(E2E_ENV) as cluster:
+        yield cluster
 
 
 def enroll(cluster: E2ECluster, serial: str) -> DeviceRecord:

@@ -14,13 +14,11 @@ pooler and a proxy that follows the primary. While devices upload through HAProx
 """
 
 import json
-import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import closing, suppress
-from datetime import timedelta
 
 import psycopg2
 import pytest
@@ -33,10 +31,11 @@ from tests.e2e.conftest import (
     E2ECluster,
     enroll,
     enroll_fleet,
+    fresh_cluster,
     report,
-    wipe_previous_cluster,
 )
-from tests.e2e.device_load import T0, DeviceLoad, DeviceRecord, post_upload
+from tests.e2e.device_load import DeviceLoad, DeviceRecord
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -72,28 +71,10 @@ def database(name: str) -> ReplicatedDatabase:
     return ReplicatedDatabase(name, port, HA_VAR, 2, int(HA_ENV["FLEET_ETCD_PORT"]))
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.1) -> float:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout}s"
-        time.sleep(interval)
-    return time.monotonic()
-
-
 @pytest.fixture(scope="module")
 def ha() -> Iterator[E2ECluster]:
-    env = {**os.environ, **HA_ENV}
-    cluster = E2ECluster(env=env, info={})
-    wipe_previous_cluster(env)
-    try:
-        cluster.up()
-        cluster.reload_info()
+    with fresh_cluster(HA_ENV) as cluster:
         yield cluster
-    finally:
-        subprocess.run(
-            [sys.executable, "-m", "cluster", "down"], cwd=local_cluster.REPO_ROOT, env=env,
-            capture_output=True, timeout=300, check=False,
-        )  # fmt: skip
 
 
 @pytest.fixture
@@ -137,10 +118,8 @@ def kill_primary(db: ReplicatedDatabase) -> tuple[str, float]:
 def rejoin(db: ReplicatedDatabase, member: str) -> float:
     """Start the killed member again, as a rebooted server's service manager would; the
     seconds until it streams from the new primary (pg_rewind, if needed, is Patroni's)."""
-    node = next(n for n in db.nodes if n.name == member)
-    started = time.monotonic()
-    node.start()
-    return wait_for(lambda: standby_streams(db, member), 120, f"{member} streaming") - started
+    next(n for n in db.nodes if n.name == member).start()
+    return wait_until(lambda: standby_streams(db, member), f"{member} streaming", 120)
 
 
 def test_every_database_has_a_synchronous_standby_and_says_so(ha: E2ECluster):
@@ -170,15 +149,16 @@ def test_shard_primary_killed_under_load(ha: E2ECluster, devices, capsys):
     try:
         time.sleep(WARM_UP)
         killed, killed_at = kill_primary(shard)
-        promoted_at = wait_for(
-            lambda: (p := shard.primary()) is not None and p.name != killed,
-            FAILOVER_LIMIT,
-            "a new shard_1 primary",
-        )
-        back = [
-            wait_for(lambda d=d: load.first_success_after(killed_at + 0.5, d), 60, f"device {d}")
-            for d in victims
-        ]
+
+        def new_primary() -> bool:
+            return (primary := shard.primary()) is not None and primary.name != killed
+
+        def served_again() -> bool:
+            return all(load.first_success_after(killed_at + 0.5, d) for d in victims)
+
+        promoted_at = killed_at + wait_until(new_primary, "a new shard_1 primary", FAILOVER_LIMIT)
+        wait_until(served_again, "every shard_1 device served again", 60)
+        back = [load.first_success_after(killed_at + 0.5, d) for d in victims]
         time.sleep(2)
     finally:
         load.stop()
@@ -213,7 +193,7 @@ def test_directory_primary_killed_under_load(ha: E2ECluster, devices, capsys):
                 enrolled = enroll(ha, f"after-directory-failover-{time.time_ns()}")
             return enrolled is not None
 
-        enrolled_at = wait_for(enrols, 60, "an enrolment", interval=0.5)
+        enrolled_at = killed_at + wait_until(enrols, "an enrolment", 60, interval=0.5)
         time.sleep(2)
     finally:
         load.stop()
@@ -252,21 +232,7 @@ def test_planned_switchover_fails_no_request(ha: E2ECluster, devices, capsys):
     assert before is not None and after is not None and after.name != before.name
     assert not load.unexpected, load.unexpected
     assert load.failures() == []
-    assert wait_for(lambda: standby_streams(database("shard_2"), before.name), 60, "old primary")
-
-
-def upload_bulk(ha: E2ECluster, device: DeviceRecord) -> None:
-    """Readings older than the load's, enough that the move's copy takes a while."""
-    for batch in range(BULK_BATCHES):
-        start = T0 - timedelta(days=10 + batch)
-        readings = [
-            {"ts": (start + timedelta(seconds=i)).isoformat(), "metric": "bulk", "value": i}
-            for i in range(BULK_READINGS)
-        ]
-        body = json.dumps({"batch_id": f"bulk-{batch}", "readings": readings}).encode()
-        status, data, error = post_upload(ha.url, device.token, body)
-        assert status == 202, (status, data, error)
-        device.extra_readings += BULK_READINGS
+    wait_until(lambda: standby_streams(database("shard_2"), before.name), "old primary back", 60)
 
 
 @pytest.mark.parametrize(
@@ -279,7 +245,7 @@ def test_move_interrupted_then_failover_is_resumed(
     writers), then that move's source or target fails over: `move_device --resume`
     finishes it from the state the new primary holds, with nothing lost or doubled."""
     mover = devices["shard_1"][0]
-    upload_bulk(ha, mover)
+    ha.upload_bulk(mover, BULK_BATCHES, BULK_READINGS)
     ha.wait_all_imported()
     victim = database("shard_2" if side == "target" else "shard_1")
     load = DeviceLoad(ha.url, everyone(devices)).start()
@@ -293,7 +259,7 @@ def test_move_interrupted_then_failover_is_resumed(
         )  # fmt: skip
         assert crashed.returncode == -9, (crashed.returncode, crashed.stdout, crashed.stderr)
         killed, killed_at = kill_primary(victim)
-        wait_for(lambda: victim.primary() is not None, FAILOVER_LIMIT, f"{victim.name} primary")
+        wait_until(lambda: victim.primary() is not None, f"{victim.name} primary", FAILOVER_LIMIT)
         promoted = time.monotonic() - killed_at
         resumed = ha.manage("move_device", "--resume")
         time.sleep(WARM_UP)

@@ -10,13 +10,12 @@ were verified. The tests run in this order and build on each other's shards.
 
 import json
 import time
-from datetime import timedelta
 
 import pytest
 
 from shards.ids import shard_number_of
 from tests.e2e.conftest import E2ECluster, enroll_fleet, report
-from tests.e2e.device_load import T0, DeviceLoad, DeviceRecord, post_upload
+from tests.e2e.device_load import DeviceLoad, DeviceRecord
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -115,20 +114,6 @@ def imbalance(cluster: E2ECluster) -> float:
     return plan["plan"]["imbalance_before"] - plan["plan"]["imbalance_after"]
 
 
-def upload_bulk(cluster: E2ECluster, device: DeviceRecord) -> None:
-    """Give a device many readings (older than the load's), so a rows-rebalance moves it."""
-    for batch in range(BULK_BATCHES):
-        start = T0 - timedelta(days=10 + batch)
-        readings = [
-            {"ts": (start + timedelta(seconds=i)).isoformat(), "metric": "bulk", "value": i}
-            for i in range(BULK_READINGS)
-        ]
-        body = json.dumps({"batch_id": f"bulk-{batch}", "readings": readings}).encode()
-        status, data, error = post_upload(cluster.url, device.token, body)
-        assert status == 202, (status, data, error)
-        device.extra_readings += BULK_READINGS
-
-
 def test_add_shard_under_load_and_rebalance_onto_it(e2e_cluster: E2ECluster, uploaders, capsys):
     devices = uploaders
     ids = {d.device_id for d in devices}
@@ -181,7 +166,7 @@ def test_rebalance_between_three_shards_under_load(e2e_cluster: E2ECluster, uplo
     shards_used = set(e2e_cluster.placements()[d.device_id] for d in devices)
     ids = {d.device_id for d in devices}
     for device in devices:
-        upload_bulk(e2e_cluster, device)
+        e2e_cluster.upload_bulk(device, BULK_BATCHES, BULK_READINGS)
     # Only this test's devices (uploading) may move: every other device is pinned for now.
     pinned = set_pins(e2e_cluster, exclude=ids, pinned=True)
     load = DeviceLoad(e2e_cluster.url, devices).start()
