@@ -7,15 +7,19 @@ as a crashed machine would. Then it checks what the cluster looks like in
 between, and finishes the job with another `manage.py` process.
 """
 
+import io
 import json
 import signal
 import time
 
 import pytest
+from django.core.management import CommandError, call_command
 
 from core.models import MoveJob, Placement
 from shards.commands import create_command
 from shards.models import Command, Reading
+from shards.moves import protocol
+from shards.moves.protocol import MoveError
 from tests.factories import make_device
 from tests.move_helpers import (
     Background,
@@ -187,3 +191,31 @@ def test_a_write_held_by_a_crashed_movers_fence_lands_after_resume(device):
     assert command._state.db == "shard_2"
     assert Command.objects.on_shard("shard_2").filter(pk=command.pk).exists()
     assert not Command.objects.on_shard("shard_1").filter(pk=command.pk).exists()
+
+
+def drop_target_connection(mover) -> None:
+    """A bulk-copy step whose target server goes away under it (a failover, a restart)."""
+    with mover.target.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+
+def test_a_move_that_loses_a_shard_stops_cleanly_and_resume_finishes_it(device, monkeypatch):
+    before = device_rows("shard_1", device.pk)
+    counts = row_counts("shard_1", device.pk)
+    monkeypatch.setitem(protocol._STEPS, Phase.COPYING, drop_target_connection)
+
+    with pytest.raises(MoveError, match=r"interrupted at copying: lost its connection.*--resume"):
+        protocol.move_device(device.pk, "shard_2")
+
+    job = MoveJob.objects.get(device_id=device.pk)
+    assert job.phase == Phase.COPYING and job.error.startswith("lost its connection to a shard")
+    check_single_owner(device.pk, job, counts[READINGS])
+    # Resumed while the shard is still away: the job stays, and the command says so.
+    with pytest.raises(CommandError, match=rf"move job\(s\) {job.pk} still interrupted"):
+        call_command("move_device", "--resume", stdout=io.StringIO(), stderr=io.StringIO())
+    monkeypatch.undo()
+    proc = manage("move_device", "--resume", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert [(e["job"], e["phase"]) for e in json.loads(proc.stdout)] == [(job.pk, Phase.RELEASED)]
+    assert Placement.objects.get(device_id=device.pk).shard_id == "shard_2"
+    assert device_rows("shard_2", device.pk) == before

@@ -16,7 +16,7 @@ from typing import Any
 from psycopg2 import extensions
 
 from shards.moves.capture import HORIZON_SQL, changed_rows_sql, tables_with_changes
-from shards.moves.streams import pipe_copy
+from shards.moves.streams import pipe_copy, roll_back
 from shards.moves.tables import DeviceTable
 from shards.moves.verify import Checksums, KeyHashes, changed_hashes, checksums
 
@@ -88,11 +88,12 @@ def _source_snapshot(source: Any, target: Any) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        target.rollback()
+        roll_back(target)
         raise
     finally:
-        source.rollback()
-        source.set_session(isolation_level=extensions.ISOLATION_LEVEL_DEFAULT, readonly=False)
+        roll_back(source)
+        if not source.closed:
+            source.set_session(isolation_level=extensions.ISOLATION_LEVEL_DEFAULT, readonly=False)
 
 
 def copy_device_rows(

@@ -450,6 +450,17 @@ def _run_steps(mover: _Mover, on_phase: PhaseCallback | None) -> None:
         try:
             _STEPS[job.phase](mover)
         except Exception as exc:
+            if mover.source.closed or mover.target.closed:
+                # The server went away mid-step (a failover, a restart): neither rolling
+                # back nor going on is possible from here, and nothing half-done was
+                # committed. The job stays at its phase for `--resume` once both answer.
+                job.error = f"lost its connection to a shard: {exc}".strip()
+                job.save(update_fields=["error", "updated_at"])
+                raise MoveError(
+                    f"move {job.pk} interrupted at {job.phase}: lost its connection to a shard"
+                    f" ({str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r});"
+                    " run `manage.py move_device --resume` once both shards answer"
+                ) from exc
             mover.source.rollback()
             mover.target.rollback()
             if job.phase not in MoveJob.UNSWITCHED:

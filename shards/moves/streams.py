@@ -28,6 +28,13 @@ def raw_connection(alias: str) -> Any:
     return psycopg2.connect(**own_connection_params(alias), application_name=APPLICATION_NAME)
 
 
+def roll_back(connection: Any) -> None:
+    """Roll back what `connection` has open, unless the server already dropped it (its
+    transaction died with it), so the error that dropped it is the one reported."""
+    if not connection.closed:
+        connection.rollback()
+
+
 @contextmanager
 def raw_connections(*aliases: str) -> Iterator[list[Any]]:
     """Raw connections to several shards, closed (rolling back anything open) on exit."""

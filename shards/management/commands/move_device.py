@@ -90,6 +90,14 @@ class Command(BaseCommand):
         except (MoveError, Device.DoesNotExist) as exc:
             raise CommandError(str(exc)) from exc
         self.report(jobs)
+        if options["resume"]:
+            left = [job for job in jobs if job.phase in MoveJob.IN_FLIGHT]
+            if left:  # a shard still away, say: the operator (or a script) tries again
+                ids = ", ".join(str(job.pk) for job in left)
+                raise CommandError(
+                    f"move job(s) {ids} still interrupted; run `move_device --resume` again"
+                    " once every shard answers"
+                )
 
     def move(self, ref: str, shard: str) -> MoveJob:
         device = find_device(ref)
