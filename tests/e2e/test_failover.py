@@ -235,17 +235,18 @@ def test_planned_switchover_fails_no_request(ha: E2ECluster, devices, capsys):
     wait_until(lambda: standby_streams(database("shard_2"), before.name), "old primary back", 60)
 
 
-def resume_moves(ha: E2ECluster, attempts: int = 5) -> str:
+def resume_moves(ha: E2ECluster, attempts: int = 5) -> tuple[str, int]:
     """`move_device --resume` as an operator runs it after a failover: again while it says
-    a job is still interrupted (a connection the failover broke under it)."""
+    a job is still interrupted (a connection the failover broke under it). Returns its
+    output and how many runs it took."""
     env = {**ha.env, "DJANGO_SETTINGS_MODULE": "core.settings"}
-    for _ in range(attempts):
+    for attempt in range(1, attempts + 1):
         proc = subprocess.run(
             [sys.executable, "manage.py", "move_device", "--resume"],
             cwd=local_cluster.REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         if proc.returncode == 0:
-            return proc.stdout
+            return proc.stdout, attempt
         assert "still interrupted" in proc.stderr, proc.stderr
         time.sleep(2)
     raise AssertionError(f"moves still interrupted after {attempts} resumes: {proc.stderr}")
@@ -277,7 +278,7 @@ def test_move_interrupted_then_failover_is_resumed(
         killed, killed_at = kill_primary(victim)
         wait_until(lambda: victim.primary() is not None, f"{victim.name} primary", FAILOVER_LIMIT)
         promoted = time.monotonic() - killed_at
-        resumed = resume_moves(ha)
+        resumed, runs = resume_moves(ha)
         time.sleep(WARM_UP)
     finally:
         load.stop()
@@ -293,7 +294,8 @@ def test_move_interrupted_then_failover_is_resumed(
     report(
         capsys,
         f"\nmover killed after {crash_after}, then the {side}'s primary: new primary after"
-        f" {promoted:.1f}s; resume: {resumed.strip().splitlines()[-1]!r}; job {job};"
+        f" {promoted:.1f}s; resume ({runs} run(s)): {resumed.strip().splitlines()[-1]!r};"
+        f" job {job};"
         f" {len(load.failures())} failed uploads of {len(load.attempts)}; {summary};"
         f" {killed} streaming again after {rejoined:.1f}s",
     )
