@@ -380,7 +380,7 @@ def down() -> int:
         pid = instance.pid()
         if instance.stop():
             kind = "postgres" if isinstance(instance, PostgresInstance) else "patroni replicas of"
-            print(f"stopped {kind} {instance.name} (pid {pid})")
+            print(f"stopped {kind} {instance.name} (pid {pid or 'gone'})")
             stopped += 1
     etcd = etcd_instance()
     pid = etcd.pid()

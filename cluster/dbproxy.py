@@ -16,6 +16,7 @@ from cluster.util import (
     pids_with_marker,
     read_pid,
     runs_with_arg,
+    stop_process,
     tail,
     terminate,
     wait_for,
@@ -114,10 +115,5 @@ class DatabaseProxy:
         return True
 
     def stop(self) -> bool:
-        pid = self.pid()
-        if pid is None:
-            return False
-        if terminate([pid], STOP_TIMEOUT, self._own_arg()):
-            raise ClusterError(f"{self.database} proxy: pid {pid} did not exit")
-        self.pid_file.unlink(missing_ok=True)
-        return True
+        what = f"{self.database} proxy"
+        return stop_process(self.pid(), self.pid_file, self._own_arg(), what, STOP_TIMEOUT)

@@ -18,6 +18,7 @@ from cluster.util import (
     pids_with_marker,
     read_pid,
     runs_with_arg,
+    stop_process,
     system_binary,
     tail,
     terminate,
@@ -118,10 +119,4 @@ class Etcd:
 
     def stop(self) -> bool:
         """SIGTERM (then SIGKILL). True if it was running."""
-        pid = self.pid()
-        if pid is None:
-            return False
-        if terminate([pid], STOP_TIMEOUT, self._marker()):
-            raise ClusterError(f"etcd: pid {pid} did not exit")
-        self.pid_file.unlink(missing_ok=True)
-        return True
+        return stop_process(self.pid(), self.pid_file, self._marker(), "etcd", STOP_TIMEOUT)

@@ -26,6 +26,7 @@ from cluster.util import (
     read_pid,
     run,
     runs_with_arg,
+    stop_process,
     system_binary,
     tail,
     terminate,
@@ -254,12 +255,8 @@ class HAProxy:
         """SIGTERM our HAProxy (it closes its listeners at once). True if it was running."""
         pid = self.pid()
         if pid is None:
-            self.pid_file.unlink(missing_ok=True)
-            return False
-        if terminate([pid], STOP_TIMEOUT, self._own_arg()):
-            raise ClusterError(f"haproxy: pid {pid} did not exit")
-        self.pid_file.unlink(missing_ok=True)
-        return True
+            self.pid_file.unlink(missing_ok=True)  # a stale one
+        return stop_process(pid, self.pid_file, self._own_arg(), "haproxy", STOP_TIMEOUT)
 
 
 def parse_server_states(stats_csv: str) -> dict[str, str]:

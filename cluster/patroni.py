@@ -34,6 +34,7 @@ from cluster.util import (
     pids_with_marker,
     read_pid,
     runs_with_arg,
+    stop_process,
     system_binary,
     tail,
     terminate,
@@ -261,16 +262,15 @@ class PatroniNode:
 
     def stop(self) -> bool:
         """SIGTERM Patroni: it stops PostgreSQL (fast) and gives up the leader key."""
-        pid = self.pid()
-        if pid is None:
-            return False
-        if terminate([pid], STOP_TIMEOUT, self._marker()):
-            raise ClusterError(f"{self.name}: Patroni pid {pid} did not exit")
-        self.pid_file.unlink(missing_ok=True)
+        what = f"{self.name} Patroni"
+        stopped = stop_process(self.pid(), self.pid_file, self._marker(), what, STOP_TIMEOUT)
         postmaster = self.postmaster_pid()
-        if postmaster is not None:  # Patroni was killed before it could stop it
-            terminate([postmaster], STOP_TIMEOUT, "postgres")
-        return True
+        if postmaster is not None:  # Patroni died (or was killed) before it could stop it
+            # Its command line names the data directory (-D), by its real path.
+            if terminate([postmaster], STOP_TIMEOUT, os.path.realpath(self.data_dir)):
+                raise ClusterError(f"{self.name}: PostgreSQL pid {postmaster} did not exit")
+            stopped = True
+        return stopped
 
     def kill(self) -> list[int]:
         """SIGKILL Patroni and its PostgreSQL at once, as a server's sudden death would.

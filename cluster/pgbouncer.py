@@ -24,9 +24,9 @@ from cluster.util import (
     read_pid,
     run,
     runs_with_arg,
+    stop_process,
     system_binary,
     tail,
-    terminate,
     wait_for,
 )
 from core.local_cluster import DB_PASSWORD, DB_USER, HOST, POOL_SIZE, pooler_port
@@ -228,10 +228,5 @@ class Pooler:
 
     def stop(self) -> bool:
         """Immediate shutdown (SIGTERM, then SIGKILL). Returns True if it was running."""
-        pid = self.pid()
-        if pid is None:
-            return False
-        if terminate([pid], STOP_TIMEOUT, self._marker()):
-            raise ClusterError(f"{self.name} pooler: pid {pid} did not exit")
-        self.pid_file.unlink(missing_ok=True)
-        return True
+        what = f"{self.name} pooler"
+        return stop_process(self.pid(), self.pid_file, self._marker(), what, STOP_TIMEOUT)

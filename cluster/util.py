@@ -190,3 +190,14 @@ def terminate(pids: Sequence[int], timeout: float, arg: str) -> list[int]:
         if wait_for(lambda: all(exited(pid) for pid in ours), timeout=timeout):
             return []
     return [pid for pid in ours if not exited(pid)]
+
+
+def stop_process(pid: int | None, pid_file: Path, marker: str, what: str, timeout: float) -> bool:
+    """Stop our process `pid` (SIGTERM, then SIGKILL after `timeout`; only if `marker` is
+    still on its command line) and remove its pid file. True if it was running."""
+    if pid is None:
+        return False
+    if terminate([pid], timeout, marker):
+        raise ClusterError(f"{what}: pid {pid} did not exit")
+    pid_file.unlink(missing_ok=True)
+    return True

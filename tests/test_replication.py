@@ -20,6 +20,8 @@ from cluster import cli
 from cluster.dbproxy import DatabaseProxy
 from cluster.patroni import DCS_TIMING, PatroniNode
 from cluster.pgbouncer import Pooler
+from cluster.ports import free_port, port_in_use
+from cluster.postgres import PostgresInstance
 from cluster.replicated import ReplicatedDatabase
 from cluster.util import ClusterError
 from core import local_cluster
@@ -194,3 +196,19 @@ def test_a_transaction_left_open_makes_the_pause_give_up_and_change_nothing(shar
     with connections["shard_1"].cursor() as cursor:  # resumed: the pool serves again
         cursor.execute("SELECT 2")
         assert cursor.fetchone() == (2,)
+
+
+def test_stopping_a_member_whose_patroni_died_stops_its_postgresql_too():
+    """Patroni killed on its own leaves its PostgreSQL running (an orphan still holding
+    the port and the data directory); stopping the member must stop that server too."""
+    var = local_cluster.VAR_DIR / "test" / "orphan"
+    node = PatroniNode("orphan", 0, free_port(), free_port(), var, local_cluster.ETCD_PORT)
+    server = PostgresInstance("data", node.port, node.home, var / "log")  # Patroni's layout
+    server.destroy()
+    server.ensure_running()
+    try:
+        assert node.pid() is None and node.postmaster_pid() == server.pid()
+        assert node.stop() is True
+        assert server.pid() is None and not port_in_use(node.port)
+    finally:
+        server.destroy()
