@@ -6,8 +6,10 @@ developer's cluster: `python -m cluster up` runs with its own var directory
 end even when a test failed.
 """
 
+import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
+from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +235,34 @@ class E2ECluster:
             summary["acknowledged"] += device.readings_acknowledged
             summary["stored"] += count
         return summary
+
+
+class Browser:
+    """A signed-in session (cookies and CSRF token) through HAProxy on `port`."""
+
+    def __init__(self, port: int, username: str, password: str) -> None:
+        self.port = port
+        self.cookies: dict[str, str] = {}
+        _, page = self.request("GET", "/accounts/login/")
+        token = re.search(rb'name="csrfmiddlewaretoken" value="([^"]+)"', page)[1].decode()
+        form = f"username={username}&password={password}&csrfmiddlewaretoken={token}"
+        status, _ = self.request(
+            "POST", "/accounts/login/", form, {"Content-Type": "application/x-www-form-urlencoded"}
+        )
+        assert status == 302, "sign-in failed"
+
+    def request(self, method: str, path: str, body: str = "", headers: dict | None = None):
+        cookie = "; ".join(f"{name}={value}" for name, value in self.cookies.items())
+        sent = {"Cookie": cookie, "Referer": f"http://127.0.0.1:{self.port}/", **(headers or {})}
+        if "csrftoken" in self.cookies:
+            sent["X-CSRFToken"] = self.cookies["csrftoken"]
+        with closing(http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)) as connection:
+            connection.request(method, path, body=body or None, headers=sent)
+            response = connection.getresponse()
+            for header in response.msg.get_all("Set-Cookie") or []:
+                for name, morsel in SimpleCookie(header).items():
+                    self.cookies[name] = morsel.value
+            return response.status, response.read()
 
 
 def report(capsys, message: str) -> None:

@@ -28,6 +28,7 @@ from core import local_cluster
 from core.replication import read_replication
 from tests.e2e.conftest import (
     E2E_ENV,
+    Browser,
     E2ECluster,
     enroll,
     enroll_fleet,
@@ -194,6 +195,12 @@ def test_directory_primary_killed_under_load(ha: E2ECluster, devices, capsys):
             return enrolled is not None
 
         enrolled_at = killed_at + wait_until(enrols, "an enrolment", 60, interval=0.5)
+        # The admin too: an admin signs in and lists the devices (directory queries).
+        admin = Browser(
+            int(HA_ENV["FLEET_HTTP_PORT"]), ha.info["admin_user"], ha.info["admin_password"]
+        )
+        listed, page = admin.request("GET", "/admin/core/device/")
+        admin_at = time.monotonic()
         time.sleep(2)
     finally:
         load.stop()
@@ -202,12 +209,14 @@ def test_directory_primary_killed_under_load(ha: E2ECluster, devices, capsys):
     rejoined = rejoin(directory, killed)
     report(
         capsys,
-        f"\ndirectory primary killed: enrolment back after {enrolled_at - killed_at:.1f}s;"
+        f"\ndirectory primary killed: enrolment back after {enrolled_at - killed_at:.1f}s,"
+        f" an admin signed in and listed devices {admin_at - killed_at:.1f}s after;"
         f" uploads failed {len(load.failures())} of {len(load.attempts)}; {summary};"
         f" {killed} streaming again {rejoined:.1f}s after its start",
     )
     assert not load.unexpected, load.unexpected
     assert load.failures() == [], "uploads need no directory query, so none may fail"
+    assert listed == 200 and b"device" in page
     assert status["directory"]["replication"]["server"] != ""
 
 

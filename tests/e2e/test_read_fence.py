@@ -9,43 +9,14 @@ stale read; there must be none.
 
 import http.client
 import json
-import re
 import time
 from contextlib import closing
-from http.cookies import SimpleCookie
 
-from tests.e2e.conftest import E2E_ENV, E2ECluster, enroll, report
+from tests.e2e.conftest import E2E_ENV, Browser, E2ECluster, enroll, report
 
 PORT = int(E2E_ENV["FLEET_HTTP_PORT"])
 DEVICES = 4
 ROUNDS = 10
-
-
-class Browser:
-    """A signed-in session (cookies and CSRF token) through HAProxy."""
-
-    def __init__(self, username: str, password: str) -> None:
-        self.cookies: dict[str, str] = {}
-        _, page = self.request("GET", "/accounts/login/")
-        token = re.search(rb'name="csrfmiddlewaretoken" value="([^"]+)"', page)[1].decode()
-        form = f"username={username}&password={password}&csrfmiddlewaretoken={token}"
-        status, _ = self.request(
-            "POST", "/accounts/login/", form, {"Content-Type": "application/x-www-form-urlencoded"}
-        )
-        assert status == 302, "sign-in failed"
-
-    def request(self, method: str, path: str, body: str = "", headers: dict | None = None):
-        cookie = "; ".join(f"{name}={value}" for name, value in self.cookies.items())
-        sent = {"Cookie": cookie, "Referer": f"http://127.0.0.1:{PORT}/", **(headers or {})}
-        if "csrftoken" in self.cookies:
-            sent["X-CSRFToken"] = self.cookies["csrftoken"]
-        with closing(http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)) as connection:
-            connection.request(method, path, body=body or None, headers=sent)
-            response = connection.getresponse()
-            for header in response.msg.get_all("Set-Cookie") or []:
-                for name, morsel in SimpleCookie(header).items():
-                    self.cookies[name] = morsel.value
-            return response.status, response.read()
 
 
 def device_request(token: str, method: str, path: str, body: bytes = b"") -> tuple[int, dict]:
@@ -58,7 +29,7 @@ def device_request(token: str, method: str, path: str, body: bytes = b"") -> tup
 
 def test_no_read_misses_a_write_after_a_move(e2e_cluster: E2ECluster, capsys):
     info = e2e_cluster.info
-    admin = Browser(info["admin_user"], info["admin_password"])
+    admin = Browser(PORT, info["admin_user"], info["admin_password"])
     devices = [enroll(e2e_cluster, f"read-fence-{time.time_ns()}-{n}") for n in range(DEVICES)]
     for device in devices:  # every process learns every placement
         for _ in range(12):
