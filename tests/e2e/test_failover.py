@@ -8,7 +8,7 @@ pooler and a proxy that follows the primary. While devices upload through HAProx
   over, that shard's devices retry and then succeed, the other shard's see no error,
   every acknowledged reading is stored exactly once, and the killed server, started
   again, rejoins as a streaming standby with no other step;
-- the same for the directory: uploads never fail, enrolment comes back;
+- the same for the directory: uploads never fail, enrolment and the admin come back;
 - a planned switchover (`python -m cluster switchover`) fails no request;
 - a move whose target fails over mid-copy is resumed, nothing lost or doubled.
 """
