@@ -219,3 +219,5 @@ def test_a_move_that_loses_a_shard_stops_cleanly_and_resume_finishes_it(device, 
     assert [(e["job"], e["phase"]) for e in json.loads(proc.stdout)] == [(job.pk, Phase.RELEASED)]
     assert Placement.objects.get(device_id=device.pk).shard_id == "shard_2"
     assert device_rows("shard_2", device.pk) == before
+    job.refresh_from_db()
+    assert job.error == ""  # the lost connection is history once the move got through

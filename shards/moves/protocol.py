@@ -176,6 +176,9 @@ REDOABLE_RECORDS = (Phase.FENCED, Phase.VERIFIED, Phase.ACTIVATED, Phase.RELEASE
 
 
 def _advance(job: MoveJob, phase: str, **fields: Any) -> None:
+    """Record the job's next phase. The error an earlier attempt left (a connection lost
+    under a resume, say) is over once the job moves on, unless `fields` give one."""
+    fields.setdefault("error", "")
     job.phase = phase
     for name, value in fields.items():
         setattr(job, name, value)
