@@ -13,9 +13,8 @@ from cluster.patroni import STOP_TIMEOUT, PatroniNode
 from cluster.ports import port_in_use
 from cluster.util import (
     ClusterError,
+    own_pid,
     pids_with_marker,
-    read_pid,
-    runs_with_arg,
     stop_process,
     tail,
     terminate,
@@ -83,8 +82,7 @@ class DatabaseProxy:
         return str(self.cfg_file)
 
     def pid(self) -> int | None:
-        pid = read_pid(self.pid_file)
-        return pid if pid is not None and runs_with_arg(pid, self._own_arg()) else None
+        return own_pid(self.pid_file, self._own_arg())
 
     def ensure_running(self) -> bool:
         config = self.render()

@@ -15,9 +15,8 @@ from cluster.ports import port_in_use
 from cluster.util import (
     ClusterError,
     http_get,
+    own_pid,
     pids_with_marker,
-    read_pid,
-    runs_with_arg,
     stop_process,
     system_binary,
     tail,
@@ -58,8 +57,7 @@ class Etcd:
         return str(self.data_dir)
 
     def pid(self) -> int | None:
-        pid = read_pid(self.pid_file)
-        return pid if pid is not None and runs_with_arg(pid, self._marker()) else None
+        return own_pid(self.pid_file, self._marker())
 
     def is_ready(self) -> bool:
         status, body = http_get(f"{self.url}/health", timeout=2.0)

@@ -22,10 +22,9 @@ from cluster.ports import port_in_use
 from cluster.util import (
     ClusterError,
     http_get,
+    own_pid,
     pids_with_marker,
-    read_pid,
     run,
-    runs_with_arg,
     stop_process,
     system_binary,
     tail,
@@ -153,8 +152,7 @@ class HAProxy:
         return str(self.cfg_file)
 
     def pid(self) -> int | None:
-        pid = read_pid(self.pid_file)
-        return pid if pid is not None and runs_with_arg(pid, self._own_arg()) else None
+        return own_pid(self.pid_file, self._own_arg())
 
     # -- health ------------------------------------------------------------------
 

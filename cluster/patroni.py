@@ -31,9 +31,8 @@ from cluster.postgres import (
 from cluster.util import (
     ClusterError,
     http_get,
+    own_pid,
     pids_with_marker,
-    read_pid,
-    runs_with_arg,
     stop_process,
     system_binary,
     tail,
@@ -123,8 +122,7 @@ class PatroniNode:
     # -- state -------------------------------------------------------------------
 
     def pid(self) -> int | None:
-        pid = read_pid(self.pid_file)
-        return pid if pid is not None and runs_with_arg(pid, self._marker()) else None
+        return own_pid(self.pid_file, self._marker())
 
     def postmaster_pid(self) -> int | None:
         """The PostgreSQL server Patroni runs, by the data directory's postmaster.pid."""

@@ -21,9 +21,8 @@ from cluster.ports import port_in_use
 from cluster.postgres import as_server_user, give_to_server_user, prepare_server_dir
 from cluster.util import (
     ClusterError,
-    read_pid,
+    own_pid,
     run,
-    runs_with_arg,
     stop_process,
     system_binary,
     tail,
@@ -79,8 +78,7 @@ class Pooler:
         return os.path.realpath(self.ini_file)
 
     def pid(self) -> int | None:
-        pid = read_pid(self.pid_file)
-        return pid if pid is not None and runs_with_arg(pid, self._marker()) else None
+        return own_pid(self.pid_file, self._marker())
 
     def is_ready(self) -> bool:
         try:
@@ -89,14 +87,15 @@ class Pooler:
             return False
         return True
 
+    def _login(self) -> dict[str, object]:
+        return {"host": HOST, "port": self.port, "user": DB_USER, "password": DB_PASSWORD}
+
     def pool(self, dbname: str) -> PoolFigures:
         """The pool figures of `dbname` (its clients, server connections, waiting)."""
-        params = {"host": HOST, "port": self.port, "user": DB_USER, "password": DB_PASSWORD}
-        return read_pool(params, dbname)
+        return read_pool(self._login(), dbname)
 
     def _console(self) -> psycopg2.extensions.connection:
-        params = {"host": HOST, "port": self.port, "user": DB_USER, "password": DB_PASSWORD}
-        connection = psycopg2.connect(**params, dbname="pgbouncer", connect_timeout=5)
+        connection = psycopg2.connect(**self._login(), dbname="pgbouncer", connect_timeout=5)
         connection.autocommit = True  # the console knows no transactions
         return connection
 

@@ -3,7 +3,7 @@
 from collections.abc import Sequence
 from pathlib import Path
 
-from cluster.util import ClusterError, read_pid, run, runs_with_arg, tail
+from cluster.util import ClusterError, own_pid, run, tail
 from core.local_cluster import REPO_ROOT
 
 LAUNCH_TIMEOUT = 60
@@ -32,8 +32,7 @@ class VarProcess:
 
     def pid(self) -> int | None:
         """The pid from our pid file, if that process is alive and is ours."""
-        pid = read_pid(self.pid_file)
-        return pid if pid is not None and runs_with_arg(pid, self._own_arg()) else None
+        return own_pid(self.pid_file, self._own_arg())
 
     def launch_daemon(self, command: Sequence[str], env: dict[str, str]) -> None:
         """Run a command that daemonizes itself; fail with its stderr and the log's tail."""

@@ -150,6 +150,13 @@ def runs_with_arg(pid: int, arg: str) -> bool:
     return arguments is not None and arg.encode() in arguments
 
 
+def own_pid(pid_file: Path, marker: str) -> int | None:
+    """The pid in `pid_file` if that process is alive and has `marker` (a path of this
+    checkout) among its arguments: ours, not a stale file's reused pid."""
+    pid = read_pid(pid_file)
+    return pid if pid is not None and runs_with_arg(pid, marker) else None
+
+
 def pids_with_marker(arg: str) -> list[int]:
     """Live processes with the marker `arg` (a config path under var/) as an argument.
 
